@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  `make book` (the main job) and `make test` (the tests).
+# Each installs what it needs into .venv when it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PRESETS ?= tiny
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test test-fast book notebooks bench pretrain clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev,book]"
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	bash tools/ensure_browser.sh
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not browser"
+
+notebooks: $(STAMP)
+	$(BIN)/python -m iavutils.book run --presets $(PRESETS)
+
+book: $(STAMP)
+	$(BIN)/python -m iavutils.book all --presets $(PRESETS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_iav.py
+
+pretrain: $(STAMP)
+	$(BIN)/python -m iavutils.pretrain --all
+
+clean:
+	rm -rf _build book/_build book/generated runs

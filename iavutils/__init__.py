@@ -1,0 +1,54 @@
+"""iavutils: measurable Vision Transformer interpretability.
+
+IA-Score / IAV / AAV (Park & Choi), attention rollout, GMAR (Jo, Jang & Park) and gradient
+rollout (Chefer et al.), with an offline world of tiny pretrained ViTs. Names are imported
+lazily so that ``import iavutils`` stays cheap and a submodule is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # hook plumbing and model geometry
+    "record_attention": "hooks",
+    "AttentionRecorder": "hooks",
+    "model_geometry": "hooks",
+    "ModelGeometry": "hooks",
+    # attributions
+    "smoothgrad": "attribution",
+    "gradcam": "attribution",
+    "patch_pool": "attribution",
+    # scores
+    "cls_attention": "scores",
+    "ia_score": "scores",
+    "iav": "scores",
+    "aav": "scores",
+    "global_iav": "scores",
+    "head_types": "scores",
+    "attention_entropy": "scores",
+    # rollout family
+    "attention_rollout": "rollout",
+    "gmar": "rollout",
+    "gmar_head_weights": "rollout",
+    "gradient_rollout": "rollout",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iavutils' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"iavutils.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
