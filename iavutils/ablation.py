@@ -1,0 +1,442 @@
+"""Head ablation: does a head matter for the decision?
+
+A head's contribution enters the residual stream only through its slice of the attention
+output projection's input (``blocks[l].attn.proj``: the heads' outputs concatenated, head ``h``
+at channels ``h·d … (h+1)·d−1`` with ``d = in_features / num_heads``). Ablating a head replaces
+that slice, in a forward pre-hook on ``attn.proj``, by zeros (``mode="zero"``) or by its mean
+over a reference set at the same token position (``mode="mean"``, mean ablation, which keeps
+the activation statistics the next layers expect). Hooks live only inside
+:func:`ablate_heads`, which removes them in ``finally``.
+
+Measured per head (or group): drop of top-1 accuracy and drop of the mean target (label) logit.
+Related to the head's IA-Score (global-IAV) and its mean GMAR weight by Spearman correlation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .hooks import eval_mode
+
+__all__ = [
+    "ablate_heads",
+    "ablation_scores",
+    "group_ablation",
+    "head_ablation",
+    "head_group_comparison",
+    "mean_gmar_weights",
+    "proj_input_means",
+    "rank_correlation",
+]
+
+HeadSpec = Tensor | Iterable[tuple[int, int]]
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) == 0:
+        raise TypeError(f"{type(model).__name__} has no `blocks`; head ablation needs timm ViT-style blocks")
+    for i, blk in enumerate(blocks):
+        attn = getattr(blk, "attn", None)
+        if attn is None or not isinstance(getattr(attn, "proj", None), nn.Linear) or not hasattr(attn, "num_heads"):
+            raise TypeError(f"{type(model).__name__}.blocks[{i}].attn has no `proj` Linear / `num_heads`")
+    return list(blocks)
+
+
+def _head_sets(model: nn.Module, heads: HeadSpec) -> list[list[int]]:
+    """Per layer, the sorted list of heads to ablate."""
+    blocks = _blocks(model)
+    L = len(blocks)
+    H = int(blocks[0].attn.num_heads)
+    sets: list[set[int]] = [set() for _ in range(L)]
+    if isinstance(heads, Tensor):
+        if heads.shape != (L, H):
+            raise ValueError(f"a head mask must be [L,H]=({L},{H}), got {tuple(heads.shape)}")
+        for l, h in heads.bool().nonzero().tolist():
+            sets[l].add(h)
+    else:
+        for l, h in heads:
+            l, h = int(l), int(h)
+            if not (0 <= l < L and 0 <= h < int(blocks[l].attn.num_heads)):
+                raise ValueError(f"head ({l}, {h}) out of range for {L} layers x {H} heads")
+            sets[l].add(h)
+    return [sorted(s) for s in sets]
+
+
+@contextmanager
+def ablate_heads(
+    model: nn.Module,
+    heads: HeadSpec,
+    mode: str = "zero",
+    means: Tensor | Sequence[Tensor] | None = None,
+) -> Iterator[nn.Module]:
+    """Context in which the given heads' outputs are zeroed or mean-replaced.
+
+    Args:
+        model: A timm ViT-family model (``blocks[l].attn.proj``, ``attn.num_heads``).
+        heads: ``[L,H]`` bool mask or an iterable of ``(layer, head)`` pairs.
+        mode: ``"zero"`` or ``"mean"``.
+        means: For ``"mean"``: per layer the mean input of ``attn.proj``, ``[L,N,C]`` (per token
+            position) or ``[L,C]`` (from :func:`proj_input_means`).
+
+    Yields:
+        The model (hooks installed; removed on exit, also after an exception).
+    """
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    if mode == "mean" and means is None:
+        raise ValueError("mode='mean' needs means= (see proj_input_means)")
+    sets = _head_sets(model, heads)
+    handles = []
+    try:
+        for l, (blk, hs) in enumerate(zip(_blocks(model), sets, strict=True)):
+            if not hs:
+                continue
+            proj = blk.attn.proj
+            d = proj.in_features // int(blk.attn.num_heads)
+            keep = torch.ones(proj.in_features)
+            for h in hs:
+                keep[h * d : (h + 1) * d] = 0.0
+            fill = None if mode == "zero" else means[l]
+            handles.append(proj.register_forward_pre_hook(_make_hook(keep, fill)))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _make_hook(keep: Tensor, fill: Tensor | None):  # noqa: ANN202 - hook closure
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        inp = args[0]
+        k = keep.to(device=inp.device, dtype=inp.dtype)
+        # Multiplying instead of writing in place keeps autograd through the other heads intact.
+        out = inp * k
+        if fill is not None:
+            f = fill.to(device=inp.device, dtype=inp.dtype)
+            if f.dim() == 2 and f.shape[0] != inp.shape[-2]:
+                raise ValueError(f"mean has {f.shape[0]} token positions, input has {inp.shape[-2]}")
+            out = out + (1.0 - k) * f
+        return (out, *args[1:])
+
+    return hook
+
+
+def _materialize(data: Any, device: torch.device | str | None) -> list[tuple[Tensor, Tensor]]:
+    """``(x, y)`` tensors or an iterable of batches ``(x, y, *rest)`` → list of ``(x, y)``."""
+    if isinstance(data, tuple | list) and len(data) >= 2 and isinstance(data[0], Tensor) and data[0].dim() == 4:
+        batches = [(data[0], data[1])]
+    else:
+        batches = [(b[0], b[1]) for b in data]
+    return [(x.to(device) if device else x, torch.as_tensor(y).long().to(x.device if not device else device))
+            for x, y in batches]
+
+
+def _split(batches: list[tuple[Tensor, Tensor]], batch_size: int | None) -> list[tuple[Tensor, Tensor]]:
+    if not batch_size:
+        return batches
+    return [(x[s : s + batch_size], y[s : s + batch_size]) for x, y in batches for s in range(0, x.shape[0], batch_size)]
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Per image: correct (float) and target-logit, concatenated over batches (CPU)."""
+    correct, logit = [], []
+    for x, y in batches:
+        out = model(x)
+        correct.append((out.argmax(1) == y).float().cpu())
+        logit.append(out.gather(1, y.unsqueeze(1)).squeeze(1).float().cpu())
+    return torch.cat(correct), torch.cat(logit)
+
+
+def proj_input_means(model: nn.Module, data: Any, batch_size: int | None = None, per_token: bool = True) -> Tensor:
+    """Mean input of every block's ``attn.proj`` over a reference set (for mean ablation).
+
+    Args:
+        model: A timm ViT-family model.
+        data: ``(x, y)`` tensors or an iterable of ``(x, y, ...)`` batches.
+        batch_size: Images per forward.
+        per_token: Keep one mean per token position (``[L,N,C]``); else ``[L,C]``.
+
+    Returns:
+        The means, float32 on the CPU.
+    """
+    blocks = _blocks(model)
+    sums: list[Tensor | None] = [None] * len(blocks)
+    count = [0]
+
+    def make(l: int):  # noqa: ANN202 - hook closure
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            s = args[0].detach().float().sum(0)  # [N,C]
+            sums[l] = s if sums[l] is None else sums[l] + s
+
+        return hook
+
+    batches = _split(_materialize(data, _device(model)), batch_size)
+    handles = [blk.attn.proj.register_forward_pre_hook(make(l)) for l, blk in enumerate(blocks)]
+    try:
+        with eval_mode(model), torch.no_grad():
+            for x, _ in batches:
+                model(x)
+                count[0] += x.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+    means = torch.stack([s.cpu() / count[0] for s in sums])  # type: ignore[union-attr]
+    return means if per_token else means.mean(1)
+
+
+def head_ablation(
+    model: nn.Module,
+    data: Any,
+    heads: Sequence[tuple[int, int]] | None = None,
+    mode: str = "zero",
+    means: Tensor | None = None,
+    batch_size: int | None = 256,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Ablate one head at a time and measure accuracy and target-logit drops.
+
+    Args:
+        model: A timm ViT-family model.
+        data: ``(x, y)`` tensors or an iterable of ``(x, y, ...)`` batches (labels = targets).
+        heads: ``(layer, head)`` pairs to ablate; ``None`` = every head.
+        mode: ``"zero"`` or ``"mean"`` (``means`` from :func:`proj_input_means`; computed on
+            ``data`` when not given).
+        means: Mean ``attn.proj`` inputs for mean ablation.
+        batch_size: Images per forward.
+        progress: Show a tqdm bar over heads.
+
+    Returns:
+        ``accuracy`` (clean, 0-d), ``logit`` (clean mean target logit, 0-d),
+        ``accuracy_drop`` ``[L,H]`` and ``logit_drop`` ``[L,H]`` (clean − ablated, NaN for heads
+        not ablated), ``correct`` ``[B]`` and ``target_logit`` ``[B]`` of the clean model,
+        ``ablated_correct`` ``[L,H,B]``.
+    """
+    blocks = _blocks(model)
+    L, H = len(blocks), int(blocks[0].attn.num_heads)
+    batches = _split(_materialize(data, _device(model)), batch_size)
+    if mode == "mean" and means is None:
+        means = proj_input_means(model, batches)
+    pairs = list(heads) if heads is not None else [(l, h) for l in range(L) for h in range(H)]
+    with eval_mode(model):
+        c0, z0 = _evaluate(model, batches)
+        acc_drop = torch.full((L, H), float("nan"))
+        logit_drop = torch.full((L, H), float("nan"))
+        ablated = torch.full((L, H, c0.numel()), float("nan"))
+        for l, h in tqdm(pairs, desc="head ablation", disable=not progress, leave=False):
+            with ablate_heads(model, [(l, h)], mode=mode, means=means):
+                c, z = _evaluate(model, batches)
+            acc_drop[l, h] = c0.mean() - c.mean()
+            logit_drop[l, h] = (z0 - z).mean()
+            ablated[l, h] = c
+    return {
+        "accuracy": c0.mean(),
+        "logit": z0.mean(),
+        "accuracy_drop": acc_drop,
+        "logit_drop": logit_drop,
+        "correct": c0,
+        "target_logit": z0,
+        "ablated_correct": ablated,
+    }
+
+
+def group_ablation(
+    model: nn.Module,
+    data: Any,
+    high_ia: Tensor,
+    mode: str = "zero",
+    means: Tensor | None = None,
+    batch_size: int | None = 256,
+    max_subsets: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Ablate all High-IA heads of a layer, all Low-IA heads of a layer, and size-matched controls.
+
+    The control for a group of ``k`` heads of layer ``l`` is the mean drop over (up to
+    ``max_subsets``, else a seeded sample of) all ``k``-subsets of that layer's heads: if the
+    Low-IA group's drop is below its control, Low-IA heads matter less than heads in general.
+
+    Args:
+        model: A timm ViT-family model.
+        data: ``(x, y)`` tensors or an iterable of ``(x, y, ...)`` batches.
+        high_ia: ``[L,H]`` bool, True for High-IA heads (``scores.head_types``).
+        mode: ``"zero"`` or ``"mean"``.
+        means: Mean ``attn.proj`` inputs for mean ablation (computed on ``data`` if missing).
+        batch_size: Images per forward.
+        max_subsets: Largest number of subsets enumerated for a control.
+        seed: Seed for sampling subsets when there are more.
+        progress: Show a tqdm bar over layers.
+
+    Returns:
+        ``[L]`` tensors ``{high,low,all,high_control,low_control}_{accuracy,logit}_drop`` (NaN
+        where a group is empty) and ``n_high``, ``n_low``.
+    """
+    blocks = _blocks(model)
+    L, H = len(blocks), int(blocks[0].attn.num_heads)
+    high_ia = high_ia.bool().cpu()
+    if high_ia.shape != (L, H):
+        raise ValueError(f"high_ia must be [L,H]=({L},{H}), got {tuple(high_ia.shape)}")
+    batches = _split(_materialize(data, _device(model)), batch_size)
+    if mode == "mean" and means is None:
+        means = proj_input_means(model, batches)
+    gen = torch.Generator().manual_seed(int(seed))
+    names = ("high", "low", "all", "high_control", "low_control")
+    out = {f"{n}_{m}_drop": torch.full((L,), float("nan")) for n in names for m in ("accuracy", "logit")}
+    cache: dict[tuple[int, tuple[int, ...]], tuple[float, float]] = {}
+
+    with eval_mode(model):
+        c0, z0 = _evaluate(model, batches)
+
+        def drop(l: int, hs: tuple[int, ...]) -> tuple[float, float]:
+            if (l, hs) not in cache:
+                with ablate_heads(model, [(l, h) for h in hs], mode=mode, means=means):
+                    c, z = _evaluate(model, batches)
+                cache[(l, hs)] = (float(c0.mean() - c.mean()), float((z0 - z).mean()))
+            return cache[(l, hs)]
+
+        def control(l: int, k: int) -> tuple[float, float]:
+            subsets = list(itertools.combinations(range(H), k))
+            if len(subsets) > max_subsets:
+                pick = torch.randperm(len(subsets), generator=gen)[:max_subsets].tolist()
+                subsets = [subsets[i] for i in pick]
+            d = torch.tensor([drop(l, s) for s in subsets])
+            return float(d[:, 0].mean()), float(d[:, 1].mean())
+
+        for l in tqdm(range(L), desc="group ablation", disable=not progress, leave=False):
+            hi = tuple(int(h) for h in high_ia[l].nonzero().flatten())
+            lo = tuple(int(h) for h in (~high_ia[l]).nonzero().flatten())
+            groups = {"high": hi, "low": lo, "all": tuple(range(H))}
+            for n, hs in groups.items():
+                if hs:
+                    out[f"{n}_accuracy_drop"][l], out[f"{n}_logit_drop"][l] = drop(l, hs)
+            for n, hs in (("high_control", hi), ("low_control", lo)):
+                if hs:
+                    out[f"{n}_accuracy_drop"][l], out[f"{n}_logit_drop"][l] = control(l, len(hs))
+    out["n_high"] = high_ia.sum(1).float()
+    out["n_low"] = (~high_ia).sum(1).float()
+    return out
+
+
+def rank_correlation(a: Tensor, b: Tensor) -> dict[str, float]:
+    """Spearman rank correlation of two per-head quantities, ignoring NaN pairs.
+
+    Args:
+        a: Any shape (e.g. ``[L,H]`` logit drop).
+        b: Same shape (e.g. ``[L,H]`` global-IAV).
+
+    Returns:
+        ``{"rho", "p_value", "n"}`` (two-sided p-value of scipy's test; NaN if ``n < 3`` or a
+        side is constant).
+    """
+    from scipy.stats import spearmanr
+
+    x = torch.as_tensor(a, dtype=torch.float64).flatten()
+    y = torch.as_tensor(b, dtype=torch.float64).flatten()
+    ok = torch.isfinite(x) & torch.isfinite(y)
+    n = int(ok.sum())
+    if n < 3 or x[ok].unique().numel() < 2 or y[ok].unique().numel() < 2:
+        return {"rho": float("nan"), "p_value": float("nan"), "n": n}
+    res = spearmanr(x[ok].numpy(), y[ok].numpy())
+    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": n}
+
+
+def head_group_comparison(drop: Tensor, high_ia: Tensor) -> dict[str, float]:
+    """Compare the single-head drops of Low-IA and High-IA heads (Mann–Whitney U).
+
+    Args:
+        drop: ``[L,H]`` per-head drop.
+        high_ia: ``[L,H]`` bool head types.
+
+    Returns:
+        ``{"mean_low", "mean_high", "n_low", "n_high", "p_value"}`` (two-sided; NaN if a group
+        has no head).
+    """
+    from scipy.stats import mannwhitneyu
+
+    d = torch.as_tensor(drop, dtype=torch.float64)
+    hi = high_ia.bool()
+    lo_v, hi_v = d[~hi & torch.isfinite(d)], d[hi & torch.isfinite(d)]
+    p = float("nan")
+    if lo_v.numel() and hi_v.numel():
+        p = float(mannwhitneyu(lo_v.numpy(), hi_v.numpy(), alternative="two-sided").pvalue)
+    return {
+        "mean_low": float(lo_v.mean()) if lo_v.numel() else float("nan"),
+        "mean_high": float(hi_v.mean()) if hi_v.numel() else float("nan"),
+        "n_low": int(lo_v.numel()),
+        "n_high": int(hi_v.numel()),
+        "p_value": p,
+    }
+
+
+def mean_gmar_weights(
+    model: nn.Module,
+    x: Tensor,
+    target: int | Tensor | None = None,
+    norm: str = "l1",
+    batch_size: int | None = None,
+) -> Tensor:
+    """GMAR head weights averaged over images, ``[L,H]`` (each layer sums to 1).
+
+    Args:
+        model: A supported timm ViT-family model.
+        x: Model-normalised images ``[B,3,H,W]``.
+        target: ``None`` (predicted class), an int or a ``[B]`` tensor.
+        norm: ``"l1"`` or ``"l2"`` gradient norm.
+        batch_size: Images per chunk.
+
+    Returns:
+        ``[L,H]`` mean weights (CPU).
+    """
+    from .attribution import resolve_target
+    from .hooks import AttentionRecorder
+    from .rollout import gmar_head_weights
+
+    B = x.shape[0]
+    step = B if not batch_size else batch_size
+    total = None
+    for s in range(0, B, step):
+        xb = x[s : s + step]
+        with torch.enable_grad(), AttentionRecorder(model, keep_graph=True) as rec:
+            logits = model(xb)
+            maps = rec.maps
+            t = target if target is None or isinstance(target, int) else torch.as_tensor(target)[s : s + step]
+            t = resolve_target(t, logits)
+            y = logits.gather(1, t.unsqueeze(1)).sum()
+            grads = torch.autograd.grad(y, maps)
+        w = gmar_head_weights(torch.stack([m.detach() for m in maps], 1), torch.stack(grads, 1), norm=norm)
+        part = w.detach().sum(0).cpu()
+        total = part if total is None else total + part
+    return total / B  # type: ignore[operator]
+
+
+def ablation_scores(
+    single: dict[str, Tensor], ia: Tensor, gmar_weight: Tensor | None = None, which: str = "logit_drop"
+) -> dict[str, dict[str, float]]:
+    """Rank correlations of a single-head drop with the IA-Score and the GMAR weight.
+
+    Args:
+        single: :func:`head_ablation` result.
+        ia: ``[L,H]`` global-IAV (mean IA-Score per head).
+        gmar_weight: ``[L,H]`` mean GMAR weight (optional).
+        which: ``"logit_drop"`` or ``"accuracy_drop"``.
+
+    Returns:
+        ``{"ia_score": rank_correlation(...), "gmar_weight": ...}``.
+    """
+    out = {"ia_score": rank_correlation(single[which], ia)}
+    if gmar_weight is not None:
+        out["gmar_weight"] = rank_correlation(single[which], gmar_weight)
+    return out

@@ -1,0 +1,110 @@
+"""Head ablation: hand-checkable toy ViTs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from iavutils import ablation as ab
+
+
+def _vit(seed: int = 0) -> VisionTransformer:
+    torch.manual_seed(seed)
+    m = VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3)
+    return m.eval()
+
+
+def _data(n: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _no_hooks(model) -> bool:
+    return all(len(m._forward_pre_hooks) == 0 and len(m._forward_hooks) == 0 for m in model.modules())
+
+
+def test_dead_head_changes_nothing_live_head_does():
+    model = _vit()
+    d = 16 // 2
+    with torch.no_grad():
+        model.blocks[0].attn.proj.weight[:, :d] = 0.0  # head 0 of layer 0 writes nothing
+    x, _ = _data()
+    with torch.no_grad():
+        ref = model(x)
+        with ab.ablate_heads(model, [(0, 0)]):
+            dead = model(x)
+        means = ab.proj_input_means(model, (x, torch.zeros(6)))
+        with ab.ablate_heads(model, [(0, 0)], mode="mean", means=means):
+            dead_mean = model(x)
+        with ab.ablate_heads(model, [(0, 1)]):
+            live = model(x)
+    assert torch.allclose(dead, ref, atol=1e-6)
+    assert torch.allclose(dead_mean, ref, atol=1e-6)
+    assert not torch.allclose(live, ref, atol=1e-3)
+    assert _no_hooks(model)
+
+
+def test_mean_ablation_with_own_mean_is_identity():
+    model = _vit()
+    x, y = _data(1)
+    means = ab.proj_input_means(model, (x, y))  # [L,N,C]; the mean of one image is that image
+    assert means.shape == (2, 17, 16)
+    with torch.no_grad():
+        ref = model(x)
+        with ab.ablate_heads(model, torch.ones(2, 2, dtype=torch.bool), mode="mean", means=means):
+            out = model(x)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_no_hooks_left_after_exception():
+    model = _vit()
+    with pytest.raises(RuntimeError, match="boom"):
+        with ab.ablate_heads(model, [(1, 1)]):
+            assert not _no_hooks(model)
+            raise RuntimeError("boom")
+    assert _no_hooks(model)
+    with pytest.raises(ValueError):
+        with ab.ablate_heads(model, [(5, 0)]):
+            pass
+    assert _no_hooks(model)
+
+
+def test_head_ablation_shapes_dead_head_zero_drop_and_determinism():
+    model = _vit()
+    with torch.no_grad():
+        model.blocks[1].attn.proj.weight[:, 8:] = 0.0  # layer 1, head 1 is dead
+    data = _data(8)
+    model.train()
+    r1 = ab.head_ablation(model, data, progress=False)
+    assert model.training  # flag restored
+    r2 = ab.head_ablation(model, [data], progress=False, batch_size=3)
+    assert r1["accuracy_drop"].shape == (2, 2)
+    assert r1["logit_drop"][1, 1].abs().item() < 1e-5
+    assert r1["accuracy_drop"][1, 1].item() == 0.0
+    assert torch.allclose(r1["logit_drop"], r2["logit_drop"], atol=1e-5)
+    assert _no_hooks(model)
+
+
+def test_group_ablation_groups_and_controls():
+    model = _vit()
+    data = _data(8)
+    high = torch.tensor([[True, False], [True, True]])
+    g = ab.group_ablation(model, data, high, progress=False)
+    assert g["n_high"].tolist() == [1.0, 2.0] and g["n_low"].tolist() == [1.0, 0.0]
+    assert torch.isnan(g["low_logit_drop"][1])  # layer 1 has no Low-IA head
+    # Ablating all heads of layer 1 is the High-IA group there.
+    assert g["all_logit_drop"][1].item() == pytest.approx(g["high_logit_drop"][1].item())
+    single = ab.head_ablation(model, data, progress=False)
+    # Size-1 control of layer 0 = mean of the two single-head drops.
+    assert g["low_control_logit_drop"][0].item() == pytest.approx(single["logit_drop"][0].mean().item(), abs=1e-5)
+    assert _no_hooks(model)
+
+
+def test_rank_correlation_and_group_comparison():
+    a = torch.tensor([[0.1, 0.2], [0.3, float("nan")]])
+    b = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    r = ab.rank_correlation(a, b)
+    assert r["rho"] == pytest.approx(1.0) and r["n"] == 3
+    c = ab.head_group_comparison(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), torch.tensor([[False, True], [False, True]]))
+    assert c["mean_low"] == 0.0 and c["mean_high"] == 1.5
