@@ -36,6 +36,11 @@ _EXPORTS: dict[str, str] = {
     "gmar": "rollout",
     "gmar_head_weights": "rollout",
     "gradient_rollout": "rollout",
+    "gmar_from_grads": "rollout",
+    "gradient_rollout_from_grads": "rollout",
+    "noise_stream": "attribution",
+    "noise_seeds": "attribution",
+    "UnsupportedModelError": "hooks",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
