@@ -1,0 +1,612 @@
+"""The main job: execute every notebook with papermill, then build the Jupyter Book.
+
+Usage::
+
+    python -m iavutils.book run   [--presets tiny|real|a,b] [--small] [--only NB ...]
+    python -m iavutils.book build [--book-dir DIR]
+    python -m iavutils.book all   [--presets ...]          # run, then build
+
+``run`` executes ``notebooks/*.ipynb`` in name order (``00_finetune`` first: the later
+notebooks read its checkpoints) into ``<book-dir>/generated/<name>.ipynb``, passing each
+notebook only the parameters it declares in its ``parameters`` cell. ``build`` vendors the
+pinned JavaScript the site serves itself (``npm ci`` in ``tools/book-assets``), checks that
+every page of ``_toc.yml`` has its executed notebook, and runs
+``jupyter-book build <book-dir> -W --keep-going``; the site lands in ``_build/html`` next to
+the ``_config.yml`` that jupyter-book finds by walking up from the book directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+BOOK_DIR = REPO / "book"
+RUN_DIR = REPO / "runs"
+ASSETS_DIR = REPO / "tools" / "book-assets"
+
+# Kept literal (not imported from iavutils.models) so that `build` and the CLI work without
+# importing torch; tests/test_book.py checks they agree with iavutils.models.
+PRESET_GROUPS: dict[str, tuple[str, ...]] = {
+    "tiny": ("tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k"),
+    "real": ("beit", "dino", "deit", "in21k"),
+}
+
+# Parameters for the quick runs of the tests (`--small`): every notebook exercises all its
+# code paths on a handful of images. Only the names a notebook declares are passed.
+SMALL_PARAMETERS: dict[str, Any] = {
+    "num_images": 8,
+    "n_samples": 4,
+    "epochs": 1,
+    "train_subset": 64,
+    "max_train_images": 64,
+    "num_train_images": 64,
+    "perplexity": 3.0,
+    "num_permutations": 20,
+}
+
+# Files the site serves itself, copied from tools/book-assets/node_modules into
+# <book-dir>/_vendor/_static/npm/. html_extra_path copies _vendor/ verbatim onto the site
+# root, so they land in <site>/_static/npm/: where Sphinx points every relative JS path
+# (add_js_file and mathjax_path are taken relative to _static).
+# (source relative to node_modules, destination relative to vendor/, patterns to skip)
+VENDORED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("requirejs/require.js", "require.js", ()),
+    ("../require-config.js", "require-config.js", ()),
+    ("@jupyter-widgets/html-manager/dist", "html-manager", ("*.map", "embed.js", "libembed-amd.js", "*.eot", "*.svg", "*.ttf")),
+    ("mathjax/es5", "mathjax", ("*-svg*.js", "output/svg*", "tex-chtml-full*.js", "mml-*.js",
+                                "node-main.js", "latest.js")),
+)
+VENDOR_STAMP = "VERSIONS.json"
+
+
+@dataclass
+class NotebookResult:
+    """Outcome of one papermill execution.
+
+    Attributes:
+        name: notebook stem, e.g. ``"05_global_iav"``.
+        seconds: wall time of the execution.
+        ok: whether every cell ran without raising.
+        error: one line describing the failure, if any.
+        parameters: the parameters that were passed.
+    """
+
+    name: str
+    seconds: float
+    ok: bool
+    error: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# run
+
+
+def expand_presets(spec: str) -> list[str]:
+    """Turn ``"tiny"``, ``"real"`` or a comma-separated list into preset names.
+
+    Args:
+        spec: group names and/or presets, comma-separated (``"tiny"``, ``"beit,dino"``,
+            ``"tiny,deit"``).
+
+    Returns:
+        The presets, in order, without duplicates.
+    """
+    out: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        for preset in PRESET_GROUPS.get(item, (item,)):
+            if preset not in out:
+                out.append(preset)
+    if not out:
+        raise ValueError(f"no presets in {spec!r}")
+    return out
+
+
+def default_parameters(presets: Sequence[str], run_dir: Path, small: bool = False,
+                       device: str | None = None) -> dict[str, Any]:
+    """Parameters of a book run, before filtering by what each notebook declares.
+
+    Args:
+        presets: model presets; all tiny ones run on the embedded dataset, otherwise CIFAR-10.
+        run_dir: where checkpoints and cached results go (absolute, so any kernel cwd works).
+        small: add :data:`SMALL_PARAMETERS` (quick test runs).
+        device: passed as ``device`` if given; otherwise each notebook keeps its default.
+
+    Returns:
+        Parameter name -> value.
+    """
+    tiny = all(p.startswith("tiny-") for p in presets)
+    params: dict[str, Any] = {
+        "model": ",".join(presets),
+        "run_dir": str(Path(run_dir).resolve()),
+        "dataset": "embedded" if tiny else "cifar10",
+    }
+    if device is not None:
+        params["device"] = device
+    if small:
+        params.update(SMALL_PARAMETERS)
+    return params
+
+
+def list_notebooks(only: Iterable[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The notebooks to execute, in name order.
+
+    Args:
+        only: names or unique prefixes (``"05"``, ``"05_global_iav"``,
+            ``"notebooks/05_global_iav.ipynb"``); ``None`` means all.
+        notebook_dir: where the source notebooks live.
+
+    Returns:
+        Paths of the selected notebooks.
+
+    Raises:
+        SystemExit: a name matches no notebook, or several.
+    """
+    all_nbs = sorted(p for p in notebook_dir.glob("*.ipynb") if not p.name.startswith("."))
+    if not only:
+        return all_nbs
+    chosen: list[Path] = []
+    for raw in only:
+        key = Path(raw).name.removesuffix(".ipynb")
+        hits = [p for p in all_nbs if p.stem == key] or [p for p in all_nbs if p.stem.startswith(key)]
+        if len(hits) != 1:
+            names = ", ".join(p.stem for p in hits) or "none"
+            raise SystemExit(f"--only {raw!r} matches {names}")
+        if hits[0] not in chosen:
+            chosen.append(hits[0])
+    return sorted(chosen)
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned in the notebook's ``parameters`` cell (via papermill)."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def _first_error(nb_path: Path) -> str:
+    """One line naming the first error output of an executed notebook."""
+    try:
+        nb = json.loads(nb_path.read_text())
+    except (OSError, ValueError):
+        return "no output notebook"
+    for i, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"cell {i}: {out.get('ename')}: {str(out.get('evalue'))[:200]}"
+    return ""
+
+
+def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_dir: Path,
+                  progress: bool = True, kernel_timeout: int | None = None) -> list[NotebookResult]:
+    """Execute notebooks with papermill into ``<book_dir>/generated/``.
+
+    Every notebook runs even if an earlier one failed (papermill writes partial output), so
+    one run shows every failure; the caller turns failures into a non-zero exit.
+
+    Args:
+        notebooks: source notebooks, in execution order.
+        parameters: candidate parameters; each notebook gets those it declares.
+        book_dir: the book source directory (outputs go to its ``generated/``).
+        progress: show papermill's per-cell progress bar.
+        kernel_timeout: per-cell timeout in seconds (``None``: no limit).
+
+    Returns:
+        One :class:`NotebookResult` per notebook.
+    """
+    import papermill
+
+    out_dir = Path(book_dir) / "generated"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Progress bars inside the notebooks would land in the published pages as noise; the
+    # per-notebook lines below and papermill's cell bar are the progress of the main job.
+    # The kernels inherit this process's environment.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+    results: list[NotebookResult] = []
+    t_start = time.perf_counter()
+    n = len(notebooks)
+    for i, nb in enumerate(notebooks, 1):
+        declared = declared_parameters(nb)
+        params = {k: v for k, v in parameters.items() if k in declared}
+        undeclared = sorted(set(parameters) - declared - set(SMALL_PARAMETERS))
+        print(f"[{i:2d}/{n}] {nb.stem} ...", flush=True)
+        if undeclared:
+            print(f"        (does not declare {', '.join(undeclared)}; not passed)", flush=True)
+        out = out_dir / nb.name
+        t0 = time.perf_counter()
+        ok, error = True, ""
+        try:
+            papermill.execute_notebook(
+                str(nb), str(out), parameters=params, cwd=str(REPO), progress_bar=progress,
+                request_save_on_cell_execute=True, execution_timeout=kernel_timeout,
+            )
+        except papermill.PapermillExecutionError as exc:
+            ok, error = False, f"cell {exc.exec_count}: {exc.ename}: {str(exc.evalue)[:200]}"
+        except Exception as exc:  # kernel death, timeout, bad notebook: still report and go on
+            ok, error = False, f"{type(exc).__name__}: {str(exc)[:200]}"
+        if ok and (found := _first_error(out)):
+            ok, error = False, found
+        seconds = time.perf_counter() - t0
+        results.append(NotebookResult(nb.stem, seconds, ok, error, params))
+        status = "ok" if ok else "FAILED"
+        elapsed = time.perf_counter() - t_start
+        print(f"[{i:2d}/{n}] {nb.stem:<32s} {status:<6s} {seconds:7.1f} s   "
+              f"(elapsed {_fmt_minutes(elapsed)})", flush=True)
+        if error:
+            print(f"        {error}", flush=True)
+    _write_timings(out_dir / "timings.json", results, parameters)
+    _print_summary(results, time.perf_counter() - t_start)
+    return results
+
+
+def _fmt_minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def _write_timings(path: Path, results: Sequence[NotebookResult], parameters: dict[str, Any]) -> None:
+    payload = {
+        "parameters": parameters,
+        "notebooks": [{"name": r.name, "seconds": round(r.seconds, 2), "ok": r.ok, "error": r.error}
+                      for r in results],
+        "total_seconds": round(sum(r.seconds for r in results), 2),
+    }
+    # Merge with an earlier run's timings so `--only` reruns keep the other notebooks' numbers.
+    try:
+        old = json.loads(path.read_text())
+        rows = {r["name"]: r for r in old.get("notebooks", [])}
+        rows.update({r["name"]: r for r in payload["notebooks"]})
+        payload["notebooks"] = [rows[k] for k in sorted(rows)]
+        payload["total_seconds"] = round(sum(r["seconds"] for r in payload["notebooks"]), 2)
+    except (OSError, ValueError):
+        pass
+    _atomic_write_text(path, json.dumps(payload, indent=2))
+
+
+def _print_summary(results: Sequence[NotebookResult], total: float) -> None:
+    print("\nnotebook wall times:")
+    for r in results:
+        print(f"  {r.name:<32s} {r.seconds:7.1f} s  {'ok' if r.ok else 'FAILED'}")
+    print(f"  {'total':<32s} {total:7.1f} s  ({_fmt_minutes(total)})", flush=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    from iavutils.store import atomic_write  # imports torch: only when a run has finished
+
+    atomic_write(path, text)
+
+
+# --------------------------------------------------------------------------------------------
+# build
+
+
+def check_jupyter_book() -> str:
+    """Return the installed jupyter-book version; refuse anything but 1.x.
+
+    jupyter-book 2.x ignores ``_config.yml``, exits 0 having built nothing for
+    ``jupyter-book build book/`` and downloads its theme at build time.
+
+    Raises:
+        SystemExit: jupyter-book is missing or not 1.x.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("jupyter-book")
+    except PackageNotFoundError:
+        raise SystemExit("jupyter-book is not installed: pip install 'jupyter-book>=1.0.4,<2' "
+                         "(or `make install`)") from None
+    if not v.startswith("1."):
+        raise SystemExit(
+            f"jupyter-book {v} is installed, but this book needs 1.x: 2.x ignores _config.yml, "
+            "builds nothing for `jupyter-book build book/` and fetches its theme online. "
+            "Install it with: pip install 'jupyter-book>=1.0.4,<2'")
+    return v
+
+
+def _lock_digest() -> str:
+    return hashlib.sha256((ASSETS_DIR / "package-lock.json").read_bytes()).hexdigest()
+
+
+def vendor_assets(book_dir: Path, force: bool = False) -> Path:
+    """Make ``<book_dir>/_vendor/_static/npm/`` hold the pinned JS the site serves itself.
+
+    ``npm ci`` runs in ``tools/book-assets`` when its ``node_modules`` does not match
+    ``package-lock.json``; the needed files are then copied (not the whole dependency tree,
+    which is ~150 MB of build-time sources).
+
+    Args:
+        book_dir: the book source directory.
+        force: re-copy even if the stamp says the copy is current.
+
+    Returns:
+        The vendor directory.
+
+    Raises:
+        SystemExit: npm is missing or ``npm ci`` fails.
+    """
+    dest = Path(book_dir) / "_vendor" / "_static" / "npm"
+    digest = _lock_digest()
+    stamp = dest / VENDOR_STAMP
+    if not force and stamp.exists():
+        try:
+            if json.loads(stamp.read_text()).get("package_lock_sha256") == digest:
+                return dest
+        except ValueError:
+            pass
+    modules = ASSETS_DIR / "node_modules"
+    installed_stamp = modules / ".iav-lock-sha256"
+    if not (installed_stamp.exists() and installed_stamp.read_text().strip() == digest):
+        npm = shutil.which("npm")
+        if npm is None:
+            raise SystemExit(
+                "npm not found: the book serves its own copies of require.js, the ipywidgets "
+                "HTML manager and MathJax, fetched once from the npm registry with `npm ci` "
+                f"in {ASSETS_DIR}. Install Node.js >= 18 (with npm) and rerun.")
+        print(f"fetching pinned book assets: npm ci in {ASSETS_DIR.relative_to(REPO)}", flush=True)
+        proc = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund",
+                               "--loglevel=error"], cwd=ASSETS_DIR)
+        if proc.returncode != 0:
+            raise SystemExit(f"npm ci failed in {ASSETS_DIR} (exit {proc.returncode})")
+        installed_stamp.write_text(digest)
+
+    tmp = dest.with_name(f".vendor.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for src_rel, dst_rel, skip in VENDORED:
+        src = modules / src_rel
+        if src.is_dir():
+            shutil.copytree(src, tmp / dst_rel, ignore=shutil.ignore_patterns(*skip))
+        else:
+            shutil.copy2(src, tmp / dst_rel)
+    versions = {name: json.loads((modules / name / "package.json").read_text())["version"]
+                for name in ("requirejs", "@jupyter-widgets/html-manager", "mathjax")}
+    (tmp / VENDOR_STAMP).write_text(json.dumps({"package_lock_sha256": digest, **versions},
+                                               indent=2))
+    # Swap the whole folder in one step so a concurrent build never sees a half copy.
+    old = dest.with_name(f".vendor.{os.getpid()}.old")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def toc_pages(book_dir: Path) -> list[str]:
+    """Every page named in ``<book_dir>/_toc.yml`` (root first), without suffix."""
+    import yaml
+
+    toc = yaml.safe_load((Path(book_dir) / "_toc.yml").read_text())
+    pages = [toc["root"]]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                pages.append(str(node["file"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return pages
+
+
+def check_executed(book_dir: Path) -> list[str]:
+    """Problems with the toc's notebook pages: missing, not executed by papermill, or failed.
+
+    Args:
+        book_dir: the book source directory.
+
+    Returns:
+        One message per problem (empty when every page is fine).
+    """
+    problems: list[str] = []
+    for page in toc_pages(book_dir):
+        base = Path(book_dir) / page
+        if base.with_suffix(".md").exists():
+            continue
+        nb_path = base.with_suffix(".ipynb")
+        if not nb_path.exists():
+            problems.append(f"{page}: no executed notebook (run `python -m iavutils.book run`)")
+            continue
+        nb = json.loads(nb_path.read_text())
+        pm = nb.get("metadata", {}).get("papermill")
+        if not pm:
+            problems.append(f"{page}: not executed by papermill")
+            continue
+        code = [c for c in nb["cells"] if c["cell_type"] == "code" and _source(c).strip()]
+        if pm.get("exception") or any(c.get("execution_count") is None for c in code):
+            problems.append(f"{page}: execution failed or stopped early ({_first_error(nb_path)})")
+    return problems
+
+
+def _source(cell: dict[str, Any]) -> str:
+    src = cell.get("source", "")
+    return src if isinstance(src, str) else "".join(src)
+
+
+class _AssetParser(html.parser.HTMLParser):
+    """Collects the URLs a page loads: script src, link href, img/iframe/source src."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "script" and a.get("src"):
+            self.urls.append((tag, a["src"]))
+        elif tag == "link" and a.get("href"):
+            # <link rel="..."> loads a resource for stylesheet/preload/icon/modulepreload;
+            # a plain hyperlink relation (e.g. rel="next") loads nothing.
+            rel = (a.get("rel") or "").lower()
+            if any(r in rel for r in ("stylesheet", "preload", "icon", "modulepreload",
+                                       "prefetch", "preconnect", "dns-prefetch", "manifest")):
+                self.urls.append((tag, a["href"]))
+        elif tag in ("img", "iframe", "source", "embed", "audio", "video") and a.get("src"):
+            self.urls.append((tag, a["src"]))
+
+
+def external_assets(html_dir: Path) -> dict[str, list[str]]:
+    """Remote resources (http(s) or protocol-relative URLs) the built pages load.
+
+    Args:
+        html_dir: the built site (``_build/html``).
+
+    Returns:
+        Page (relative path) -> ``"tag url"`` strings, only for pages that load something
+        remote.
+    """
+    found: dict[str, list[str]] = {}
+    for page in sorted(Path(html_dir).rglob("*.html")):
+        parser = _AssetParser()
+        parser.feed(page.read_text(errors="replace"))
+        bad = [f"<{tag}> {url}" for tag, url in parser.urls
+               if url.startswith(("http://", "https://", "//"))]
+        if bad:
+            found[str(page.relative_to(html_dir))] = bad
+    return found
+
+
+def jupyter_book_command() -> list[str]:
+    """The jupyter-book CLI of this interpreter's environment."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("jupyter-book")
+    if found:
+        return [found]
+    raise SystemExit("the jupyter-book command is missing: pip install 'jupyter-book>=1.0.4,<2'")
+
+
+def site_dir(book_dir: Path) -> Path:
+    """Where jupyter-book 1.x writes the site: ``_build/html`` beside the ``_config.yml`` it
+    finds by walking up from the book directory (the book directory itself if there is none)."""
+    here = Path(book_dir).resolve()
+    for d in (here, *here.parents):
+        if (d / "_config.yml").is_file():
+            return d / "_build" / "html"
+    return here / "_build" / "html"
+
+
+def build_book(book_dir: Path = BOOK_DIR, strict: bool = True) -> int:
+    """Vendor the JS, check the toc's notebooks, build the book.
+
+    Args:
+        book_dir: the book source directory (``_toc.yml``, ``intro.md``, ``generated/``).
+        strict: pass ``-W --keep-going`` (warnings fail, all of them reported).
+
+    Returns:
+        0 on success, 1 if the build, the toc check or the offline check failed.
+    """
+    book_dir = Path(book_dir).resolve()
+    v = check_jupyter_book()
+    vendor_assets(book_dir)
+    problems = check_executed(book_dir)
+    cmd = [*jupyter_book_command(), "build", str(book_dir)]
+    if strict:
+        cmd += ["-W", "--keep-going"]
+    print(f"jupyter-book {v}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=book_dir.parent).returncode
+    print(f"book build: {time.perf_counter() - t0:.1f} s, exit {rc}", flush=True)
+    html_dir = site_dir(book_dir)
+    status = 0
+    if rc != 0:
+        print("book build FAILED (warnings count as errors; see the log above)", file=sys.stderr)
+        status = 1
+    if problems:
+        print("pages of _toc.yml without a successfully executed notebook:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        status = 1
+    if html_dir.exists():
+        remote = external_assets(html_dir)
+        if remote:
+            print("pages that would load remote resources (the book must work offline):",
+                  file=sys.stderr)
+            for page, urls in remote.items():
+                print(f"  {page}: {'; '.join(urls[:3])}", file=sys.stderr)
+            status = 1
+        print(f"site: {html_dir / 'index.html'}", flush=True)
+    return status
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _parse_value(raw: str) -> Any:
+    """Value of ``-p KEY=VALUE``: YAML scalars/lists (like papermill's ``-y``)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m iavutils.book", description=__doc__.split("\n")[0])
+    ap.add_argument("command", choices=("run", "build", "all"))
+    ap.add_argument("--presets", default="tiny",
+                    help="tiny | real | comma-separated presets (default: tiny)")
+    ap.add_argument("--small", action="store_true",
+                    help="tiny parameters for quick test runs: " + ", ".join(
+                        f"{k}={v}" for k, v in SMALL_PARAMETERS.items()))
+    ap.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (name or prefix)")
+    ap.add_argument("--book-dir", type=Path, default=BOOK_DIR, help="book source dir (default: book/)")
+    ap.add_argument("--notebook-dir", type=Path, default=NOTEBOOK_DIR,
+                    help="source notebooks (default: notebooks/)")
+    ap.add_argument("--run-dir", type=Path, default=RUN_DIR, help="checkpoints and caches (default: runs/)")
+    ap.add_argument("--device", default=None, help="passed to notebooks as `device` (default: theirs)")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra notebook parameter (YAML value), repeatable")
+    ap.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    ap.add_argument("--cell-timeout", type=int, default=None, help="per-cell timeout in seconds")
+    args = ap.parse_args(argv)
+
+    status = 0
+    if args.command in ("run", "all"):
+        params = default_parameters(expand_presets(args.presets), args.run_dir, args.small, args.device)
+        for item in args.param:
+            key, sep, value = item.partition("=")
+            if not sep:
+                ap.error(f"-p expects KEY=VALUE, got {item!r}")
+            params[key] = _parse_value(value)
+        notebooks = list_notebooks(args.only, args.notebook_dir)
+        if not notebooks:
+            raise SystemExit(f"no notebooks in {args.notebook_dir}")
+        print(f"executing {len(notebooks)} notebooks for {params['model']} "
+              f"into {Path(args.book_dir).resolve() / 'generated'}", flush=True)
+        results = run_notebooks(notebooks, params, args.book_dir, progress=not args.no_progress,
+                                kernel_timeout=args.cell_timeout)
+        failed = [r.name for r in results if not r.ok]
+        if failed:
+            print(f"FAILED notebooks: {', '.join(failed)}", file=sys.stderr, flush=True)
+            status = 1
+    if args.command in ("build", "all"):
+        status = max(status, build_book(args.book_dir))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
