@@ -23,7 +23,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .evaluation import attention_and_grads
 from .hooks import eval_mode
+from .rollout import gmar_head_weights
 
 __all__ = [
     "ablate_heads",
@@ -400,23 +402,13 @@ def mean_gmar_weights(
     Returns:
         ``[L,H]`` mean weights (CPU).
     """
-    from .attribution import resolve_target
-    from .hooks import AttentionRecorder
-    from .rollout import gmar_head_weights
-
     B = x.shape[0]
     step = B if not batch_size else batch_size
     total = None
     for s in range(0, B, step):
-        xb = x[s : s + step]
-        with torch.enable_grad(), AttentionRecorder(model, keep_graph=True) as rec:
-            logits = model(xb)
-            maps = rec.maps
-            t = target if target is None or isinstance(target, int) else torch.as_tensor(target)[s : s + step]
-            t = resolve_target(t, logits)
-            y = logits.gather(1, t.unsqueeze(1)).sum()
-            grads = torch.autograd.grad(y, maps)
-        w = gmar_head_weights(torch.stack([m.detach() for m in maps], 1), torch.stack(grads, 1), norm=norm)
+        t = target if target is None or isinstance(target, int) else torch.as_tensor(target)[s : s + step]
+        attn, grads = attention_and_grads(model, x[s : s + step], t)
+        w = gmar_head_weights(attn, grads, norm=norm)
         part = w.detach().sum(0).cpu()
         total = part if total is None else total + part
     return total / B  # type: ignore[operator]

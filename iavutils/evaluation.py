@@ -32,7 +32,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attribution import gradcam, patch_pool, resolve_target, smoothgrad
-from .hooks import eval_mode, model_geometry, record_attention
+from .hooks import AttentionRecorder, check_input, eval_mode, model_geometry, record_attention
+from .rollout import attention_rollout, gmar_from_grads, gradient_rollout_from_grads
+from .scores import aav, cls_attention
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -40,6 +42,7 @@ __all__ = [
     "LOCALIZATION_METRICS",
     "PerturbationCurve",
     "average_precision",
+    "attention_and_grads",
     "evaluate_explanations",
     "explanation_maps",
     "explanation_table",
@@ -396,6 +399,27 @@ def _chunks(n: int, size: int | None) -> Iterable[slice]:
     return (slice(s, s + step) for s in range(0, n, step))
 
 
+def attention_and_grads(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Attention ``[B,L,H,N,N]`` and the gradient of the target logit with respect to it.
+
+    Args:
+        model: A supported timm ViT-family model (run in eval mode, flags restored).
+        x: Model-normalised images ``[B,3,H,W]``.
+        target: ``None`` (predicted class), an int or a ``[B]`` tensor.
+
+    Returns:
+        ``(attn, grads)``, both detached ``[B,L,H,N,N]``.
+    """
+    check_input(model, x)
+    with torch.enable_grad(), AttentionRecorder(model, keep_graph=True) as rec:
+        # The input carries the graph, so the gradients exist even for a frozen model.
+        logits = model(x.detach().requires_grad_(True))
+        maps = rec.maps
+        t = resolve_target(target, logits)
+        grads = torch.autograd.grad(logits.gather(1, t.unsqueeze(1)).sum(), maps)
+    return torch.stack([m.detach() for m in maps], dim=1), torch.stack(grads, dim=1)
+
+
 def explanation_maps(
     model: nn.Module,
     x: Tensor,
@@ -432,9 +456,6 @@ def explanation_maps(
         ``{method: map}`` with ``[B,P]`` patch maps and ``[B,H,W]`` for ``smoothgrad``; detached
         float32 on ``x``'s device.
     """
-    from . import rollout as _rollout
-    from . import scores as _scores
-
     unknown = [m for m in methods if m not in EXPLANATION_METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {EXPLANATION_METHODS}")
@@ -449,9 +470,9 @@ def explanation_maps(
         cls_parts, roll_parts = [], []
         for sl in _chunks(B, batch_size):
             _, attn = record_attention(model, x[sl])
-            cls_parts.append(_scores.cls_attention(attn, geo.num_prefix_tokens))
+            cls_parts.append(cls_attention(attn, geo.num_prefix_tokens))
             if "rollout" in methods:
-                roll_parts.append(_rollout.attention_rollout(attn, geo.num_prefix_tokens))
+                roll_parts.append(attention_rollout(attn, geo.num_prefix_tokens))
         cls = torch.cat(cls_parts)  # [B,L,H,P]
         if "attention" in methods:
             out["attention"] = cls[:, -1].mean(dim=1)
@@ -459,14 +480,21 @@ def explanation_maps(
             out["attention_mean"] = cls.mean(dim=(1, 2))
         if "rollout" in methods:
             out["rollout"] = torch.cat(roll_parts)
+    grad_methods = [m for m in ("gmar_l1", "gmar_l2", "gradient_rollout") if m in methods]
+    if grad_methods:
+        # One forward/backward serves GMAR (both norms) and gradient rollout: same ∂y_c/∂A.
+        parts: dict[str, list[Tensor]] = {m: [] for m in grad_methods}
+        for sl in _chunks(B, batch_size):
+            attn, grads = attention_and_grads(model, x[sl], t[sl])
+            for m in grad_methods:
+                if m == "gradient_rollout":
+                    parts[m].append(gradient_rollout_from_grads(attn, grads, geo.num_prefix_tokens))
+                else:
+                    parts[m].append(gmar_from_grads(attn, grads, geo.num_prefix_tokens, norm=m[-2:]))
+        out.update({m: torch.cat(v) for m, v in parts.items()})
     sg = None
     for m in tqdm([m for m in methods if m not in out], desc="maps", disable=not progress, leave=False):
-        if m in ("gmar_l1", "gmar_l2"):
-            norm = m[-2:]
-            out[m] = torch.cat([_rollout.gmar(model, x[sl], t[sl], norm=norm) for sl in _chunks(B, batch_size)])
-        elif m == "gradient_rollout":
-            out[m] = torch.cat([_rollout.gradient_rollout(model, x[sl], t[sl]) for sl in _chunks(B, batch_size)])
-        elif m == "gradcam":
+        if m == "gradcam":
             out[m] = torch.cat([gradcam(model, x[sl], t[sl]) for sl in _chunks(B, batch_size)])
         elif m in ("smoothgrad", "smoothgrad_patch"):
             if sg is None:
@@ -496,8 +524,6 @@ def mask_aav(model: nn.Module, x: Tensor, masks: Tensor, batch_size: int | None 
     Returns:
         ``[B,L,H]`` scores (NaN for an image without object pixels).
     """
-    from .scores import aav
-
     return torch.cat([aav(model, x[sl], masks[sl].to(x)) for sl in _chunks(x.shape[0], batch_size)])
 
 

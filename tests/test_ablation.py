@@ -108,3 +108,12 @@ def test_rank_correlation_and_group_comparison():
     assert r["rho"] == pytest.approx(1.0) and r["n"] == 3
     c = ab.head_group_comparison(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), torch.tensor([[False, True], [False, True]]))
     assert c["mean_low"] == 0.0 and c["mean_high"] == 1.5
+
+
+def test_mean_gmar_weights_sum_to_one():
+    model = _vit()
+    x, y = _data(4)
+    w = ab.mean_gmar_weights(model, x, y, batch_size=3)
+    assert w.shape == (2, 2)
+    assert torch.allclose(w.sum(1), torch.ones(2), atol=1e-5)
+    assert _no_hooks(model)

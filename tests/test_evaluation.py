@@ -190,3 +190,53 @@ def test_to_pixel_maps_shapes():
     assert up[0, 0, 0] == 0 and up[0, 3, 5] == 5
     with pytest.raises(ValueError):
         ev.to_pixel_maps(m, (4, 6), grid=(2, 2))
+
+
+# --------------------------------------------------------------------------- on a toy ViT
+
+
+def _toy_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3).eval()
+
+
+def test_explanation_maps_agree_with_core_and_are_deterministic():
+    import iavutils as iu
+
+    model = _toy_vit()
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = ev.explanation_maps(model, x, None, n_samples=3, seed=1)
+    again = ev.explanation_maps(model, x, None, n_samples=3, seed=1, batch_size=2)
+    assert set(maps) == set(ev.EXPLANATION_METHODS)
+    for m, v in maps.items():
+        assert v.shape == ((5, 16, 16) if m == "smoothgrad" else (5, 16)), m
+        assert torch.allclose(v, again[m], atol=1e-5), m
+    t = model(x).argmax(1)
+    assert torch.allclose(maps["gmar_l1"], iu.gmar(model, x, t, norm="l1"), atol=1e-6)
+    assert torch.allclose(maps["gmar_l2"], iu.gmar(model, x, t, norm="l2"), atol=1e-6)
+    assert torch.allclose(maps["gradient_rollout"], iu.gradient_rollout(model, x, t), atol=1e-6)
+    _, attn = iu.record_attention(model, x)
+    assert torch.allclose(maps["rollout"], iu.attention_rollout(attn, 1), atol=1e-6)
+    assert torch.allclose(maps["attention"], attn[:, -1, :, 0, 1:].mean(1), atol=1e-6)
+
+
+def test_evaluate_explanations_and_table():
+    model = _toy_vit()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, 16, 16, generator=g)
+    y = torch.randint(0, 3, (6,), generator=g)
+    masks = torch.zeros(6, 16, 16)
+    masks[:, 4:12, 4:12] = 1.0
+    methods = ("rollout", "gmar_l1", "smoothgrad", "random")
+    res = ev.evaluate_explanations(model, x, y, masks, mean=MEAN, std=STD, methods=methods, n_samples=2,
+                                   progress=False)
+    assert res["positive.rollout"].shape == (10, 6)
+    assert "patch_positive.smoothgrad" not in res and "patch_positive.random" in res
+    assert res["aav_mask"].shape == (6, 2, 2)
+    table = ev.explanation_table({"toy": res})
+    assert list(table["method"]) == list(methods)
+    assert table[["auc_positive", "auc_negative", "miou", "ap", "pointing"]].notna().all().all()
+    d = ev.paired_difference(res, "gmar_l1", "rollout")
+    assert d["low"] <= d["diff"] <= d["high"]
