@@ -1,0 +1,246 @@
+"""Tests of the notebooks' computations (iavutils.experiments) and figures (iavutils.plots).
+
+A fake run directory holds random-weight tiny presets (no shipped weights needed) with three
+"epoch" checkpoints each, in the layout of iavutils.training; the image set is tiny.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from iavutils import experiments as ex
+from iavutils import plots
+from iavutils.models import build_model
+
+PRESETS = ("tiny-dino", "tiny-sup")
+EPOCHS = 3  # checkpoints epoch_000 .. epoch_002
+SMALL = dict(num_images=6, n_samples=2, noise_level=0.15, seed=0, device="cpu", progress=False)
+
+
+def _spread(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    # Random weights of a larger scale than timm's init: peaked, model-specific attention.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                continue
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    for k, preset in enumerate(PRESETS):
+        run = root / "embedded" / preset
+        (run / "checkpoints").mkdir(parents=True)
+        torch.manual_seed(k)
+        model = _spread(build_model(preset, num_classes=10), seed=k)
+        metrics = []
+        for e in range(EPOCHS):
+            if e:
+                _spread(model, seed=100 * k + e)  # each "epoch" moves the weights a bit
+            state = {n: v.detach().clone().contiguous() for n, v in model.state_dict().items()}
+            save_file(state, run / "checkpoints" / f"epoch_{e:03d}.safetensors")
+            metrics.append({"epoch": e, "train_loss": None if e == 0 else 1.0 / e, "train_acc": None if e == 0 else 0.1 * e,
+                            "val_acc": 0.1 + 0.1 * e, "seconds": 1.0})
+        (run / "config.json").write_text(json.dumps({"preset": preset, "dataset": "embedded", "num_classes": 10}))
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return root
+
+
+# ----------------------------------------------------------------------------- names and paths
+
+
+def test_resolve_run_dir_from_another_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IAV_RUN_DIR", raising=False)
+    repo = ex.repo_root()
+    assert repo is not None and (repo / "iavutils").is_dir()
+    code = "from iavutils.experiments import resolve_run_dir; print(resolve_run_dir(''))"
+    env = {k: v for k, v in os.environ.items() if k != "IAV_RUN_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert Path(out.stdout.strip()) == repo / "runs"
+    monkeypatch.setenv("IAV_RUN_DIR", str(tmp_path / "elsewhere"))
+    assert ex.resolve_run_dir(None) == (tmp_path / "elsewhere").resolve()
+    monkeypatch.chdir(tmp_path)
+    assert ex.resolve_run_dir("rel") == (tmp_path / "rel").resolve()
+
+
+def test_parse_models() -> None:
+    assert ex.parse_models("tiny") == ["tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k"]
+    assert ex.parse_models(ex.DEFAULT_TINY) == ["tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k"]
+    assert ex.parse_models(" tiny-dino , deit,tiny-dino") == ["tiny-dino", "deit"]
+    assert ex.parse_models("real") == ["beit", "dino", "deit", "in21k"]
+    assert ex.parse_models(["dino"]) == ["dino"]
+    with pytest.raises(ValueError, match="unknown preset"):
+        ex.parse_models("tiny-nope")
+    with pytest.raises(ValueError):
+        ex.parse_models(" , ")
+
+
+def test_models_in_run_adds_finetuned_presets(run_dir: Path) -> None:
+    assert ex.models_in_run(["tiny-mim"], "embedded", run_dir) == ["tiny-mim", "tiny-dino", "tiny-sup"]
+    assert ex.models_in_run(["deit"], "cifar10", run_dir) == ["deit"]
+
+
+def test_analysis_epochs_keep_the_last(run_dir: Path) -> None:
+    assert ex.analysis_epochs("tiny-dino", "embedded", run_dir, stride=1) == [0, 1, 2]
+    assert ex.analysis_epochs("tiny-dino", "embedded", run_dir, stride=2) == [0, 2]
+    assert ex.analysis_epochs("tiny-dino", "embedded", run_dir, stride=5) == [0, 2]
+    with pytest.raises(FileNotFoundError, match="00_finetune"):
+        ex.analysis_epochs("tiny-mim", "embedded", run_dir)
+
+
+# ----------------------------------------------------------------------------- maths
+
+
+def test_normalized_distance() -> None:
+    a = torch.rand(4, 5, 6)
+    assert torch.allclose(ex.normalized_distance(a, a, dims=2), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+    # Scale does not matter; orthogonal non-negative maps are sqrt(2) apart.
+    assert torch.allclose(ex.normalized_distance(a, 3 * a, dims=2), torch.zeros(4, dtype=torch.float64), atol=1e-6)
+    e0, e1 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    assert torch.allclose(ex.normalized_distance(e0, e1), torch.tensor([2**0.5], dtype=torch.float64))
+    z = ex.normalized_distance(torch.zeros(1, 3), torch.ones(1, 3))
+    assert torch.isnan(z).all()
+
+
+def test_rank_within_layer() -> None:
+    v = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
+    assert ex._rank_within_layer(v).tolist() == [[2, 0, 1], [0, 1, 2]]
+
+
+def test_knn_accuracy() -> None:
+    import numpy as np
+
+    f = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert ex._loo_knn_accuracy(f, y, k=2) == 1.0
+
+
+def test_compute_iavs_engine_matches_reference(run_dir: Path) -> None:
+    model, info = ex._load("tiny-dino", "embedded", run_dir, 2, torch.device("cpu"))
+    data = ex.load_images("embedded", info, 3, seed=1)
+    kw = dict(n_samples=3, noise_level=0.1, seed=5, device="cpu")
+    fast = ex.compute_iavs(model, info, data["x"], data["y"], backend="engine", **kw)
+    ref = ex.compute_iavs(model, info, data["x"], data["y"], backend="reference", **kw)
+    assert fast["iav"].shape == (3, 6, 4) and fast["smoothgrad"].shape == (3, 32, 32)
+    assert fast["cls_attn"].shape == (3, 6, 4, 64)
+    torch.testing.assert_close(fast["cls_attn"], ref["cls_attn"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast["smoothgrad"], ref["smoothgrad"], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(fast["iav"], ref["iav"], atol=1e-5, rtol=1e-4)
+    # Per-image seeds from dataset indices: an image's IAV does not depend on its companions.
+    both = ex.compute_iavs(model, info, data["x"], data["y"], indices=data["indices"], **kw)
+    one = ex.compute_iavs(model, info, data["x"][1:2], data["y"][1:2], indices=data["indices"][1:2], **kw)
+    torch.testing.assert_close(both["iav"][1:2], one["iav"], atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- caching
+
+
+def test_checkpoint_analysis_is_cached(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original, calls = ex.compute_iavs, []
+
+    def spy(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    monkeypatch.setattr(ex, "compute_iavs", spy)
+    params = {**SMALL, "seed": 7}
+    first = ex.checkpoint_analysis("tiny-sup", "embedded", 1, run_dir=run_dir, **params)
+    assert len(calls) == 1
+    second = ex.checkpoint_analysis("tiny-sup", "embedded", 1, run_dir=run_dir, **params)
+    assert len(calls) == 1, "the second call must come from the store"
+    assert set(first) == set(second) >= {"iav", "smoothgrad", "cls_attn", "logits", "labels", "indices", "mask"}
+    for k in first:
+        assert torch.equal(first[k], second[k])
+    assert first["iav"].shape == (6, 6, 4)
+    # Another parameter is another entry.
+    ex.checkpoint_analysis("tiny-sup", "embedded", 1, run_dir=run_dir, **{**params, "n_samples": 3})
+    assert len(calls) == 2
+    assert any((run_dir / "cache" / "analysis").glob("*.safetensors"))
+
+
+def test_same_images_for_every_model(run_dir: Path) -> None:
+    a = ex.checkpoint_analysis("tiny-dino", "embedded", None, run_dir=run_dir, **SMALL)
+    b = ex.checkpoint_analysis("tiny-sup", "embedded", None, run_dir=run_dir, **SMALL)
+    assert torch.equal(a["indices"], b["indices"]) and torch.equal(a["labels"], b["labels"])
+
+
+# ----------------------------------------------------------------------------- sections and figures
+
+
+def test_sections_and_figures(run_dir: Path) -> None:
+    models = list(PRESETS)
+    hist = ex.training_history(models, "embedded", run_dir)
+    assert set(hist["model"]) == set(models) and hist["val_acc"].notna().all()
+    plots.accuracy_curves(hist)
+
+    dyn = ex.training_dynamics(models, "embedded", run_dir=run_dir, stride=1, **SMALL)
+    last = dyn[dyn["epoch"] == EPOCHS - 1]
+    assert (last["phi_distance"].abs() < 1e-9).all() and (last["attention_distance"].abs() < 1e-9).all()
+    assert (dyn[dyn["epoch"] == 0]["attention_distance"] > 0).all()
+    plots.training_dynamics(dyn)
+
+    ent = ex.entropy_over_epochs(models, "embedded", run_dir=run_dir, stride=2, **SMALL)
+    assert set(ent["epoch"]) == {0, 2} and ((ent["entropy"] >= 0) & (ent["entropy"] <= torch.log(torch.tensor(64.0)).item() + 1e-6)).all()
+    plots.head_profiles(ent, value="entropy", ylabel="entropy (nats)")
+    box = ex.last_layer_entropy(models, "embedded", run_dir=run_dir, **SMALL)
+    assert set(box["layer"]) == {6} and len(box) == 2 * 4 * 6
+    plots.entropy_boxes(box, max_entropy=float(torch.log(torch.tensor(64.0))))
+
+    glob = ex.global_scores_over_epochs(models, "embedded", run_dir=run_dir, stride=1, **SMALL)
+    assert set(glob["score"]) == {"IAV", "AAV (tiny-dino)", "AAV (mask)"}
+    assert glob["value"].between(0, 1).all()
+    # The reference model's AAV at its last epoch is its own global-IAV.
+    own = glob[(glob["model"] == "tiny-dino") & (glob["epoch"] == EPOCHS - 1)]
+    iav = own[own["score"] == "IAV"].sort_values(["layer", "head"])["value"].to_numpy()
+    aav = own[own["score"] == "AAV (tiny-dino)"].sort_values(["layer", "head"])["value"].to_numpy()
+    assert abs(iav - aav).max() < 1e-6
+    plots.head_profiles(glob, row="score", ylabel="global score", ylim=(0, 1))
+    plots.global_iav_heatmaps(glob)
+
+    hs = ex.head_scores(models, "embedded", run_dir=run_dir, **SMALL)
+    assert len(hs) == 2 * 6 * 6 * 4
+    table = ex.head_type_table(hs)
+    assert table.shape == (2, 6)
+    plots.head_boxes(hs)
+
+    ts = ex.iav_tsne(models, "embedded", run_dir=run_dir, perplexity=3.0, **SMALL)
+    assert set(ts["layer"]) == {f"L{i}" for i in range(1, 7)} | {"classifier"}
+    plots.tsne_grid(ts, classes=ex.class_names("embedded"))
+    sep = ex.class_separability(models, "embedded", run_dir=run_dir, **SMALL)
+    assert sep["knn_accuracy"].between(0, 100).all()
+    plots.separability_curves(sep, chance=10.0)
+
+    exm = [ex.example_maps(p, "embedded", run_dir=run_dir, **SMALL) for p in models]
+    plots.example_maps(exm, classes=ex.class_names("embedded"))
+
+    mc = ex.masking_curves(models, "embedded", run_dir=run_dir, ratios=(0.5, 1.0), **SMALL)
+    assert set(mc["method"]) == set(ex.MASK_METHODS) and set(mc["ratio"]) == {0.0, 50.0, 100.0}
+    plots.masking_curves(mc)
+
+    acc = ex.accuracy_table(models, "embedded", run_dir=run_dir, num_eval=16, device="cpu")
+    assert acc.shape[0] == 2
+    matplotlib.pyplot.close("all")
+
+
+def test_model_colors_are_fixed() -> None:
+    assert plots.model_color("tiny-dino") == plots.model_color("dino")
+    assert len({plots.model_color(p) for p in ex.parse_models("tiny")}) == 4
+    assert plots.model_color("something-new") == plots.model_color("something-new")
+    shades = plots.epoch_shades("tiny-sup", [0, 3, 6])
+    lum = [sum(shades[e]) for e in (0, 3, 6)]
+    assert lum[0] > lum[1] > lum[2]  # later = darker
