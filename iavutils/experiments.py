@@ -43,7 +43,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,10 @@ __all__ = [
     "models_in_run",
     "ensure_finetuned",
     "training_history",
+    "run_summary",
+    "resolve_dataset",
+    "pretraining",
+    "with_pretraining",
     "checkpoint_epochs",
     "analysis_epochs",
     "checkpoint_fingerprint",
@@ -84,6 +88,7 @@ __all__ = [
     "masking_curves",
     "entropy_over_epochs",
     "last_layer_entropy",
+    "max_entropy",
     "global_scores_over_epochs",
     "head_scores",
     "head_type_table",
@@ -190,6 +195,26 @@ def parse_models(model: str | Sequence[str]) -> list[str]:
     return out
 
 
+def resolve_dataset(dataset: str, presets: Sequence[str]) -> str:
+    """``"auto"`` → ``"embedded"`` when every preset is an embedded one, else ``"cifar10"``."""
+    if dataset not in ("", "auto", None):
+        return dataset
+    tiny = _presets_module().TINY_PRESETS
+    return "embedded" if all(p in tiny for p in presets) else "cifar10"
+
+
+def pretraining(preset: str) -> str:
+    """``"supervised"`` or ``"self-supervised"``."""
+    return _presets_module().PRESETS[preset].pretraining
+
+
+def with_pretraining(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a frame with a ``model`` column, plus the model's ``pretraining`` type."""
+    out = df.copy()
+    out.insert(1, "pretraining", [pretraining(m) for m in out["model"]])
+    return out
+
+
 def _preset_order(preset: str) -> tuple[int, str]:
     names = list(_presets_module().PRESETS)
     return (names.index(preset) if preset in names else len(names), preset)
@@ -234,8 +259,8 @@ def ensure_finetuned(
         preset: Preset name.
         dataset: ``"embedded"`` or ``"cifar10"``.
         run_dir: Run directory (see :func:`resolve_run_dir`).
-        recipe: Key of :data:`iavutils.training.RECIPES` (default: ``"tiny"`` for embedded
-            presets, else ``"paper"`` when it exists).
+        recipe: Key of :data:`iavutils.training.RECIPES` (``None``/``""``: ``"tiny"`` for
+            embedded presets, else ``"paper"``).
         epochs: Override of the recipe's number of epochs.
         max_train: Override of the recipe's number of training images (``None``: the recipe's).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
@@ -247,30 +272,17 @@ def ensure_finetuned(
     from . import training
 
     info = _presets_module().PRESETS[preset]
-    if recipe is None:
-        recipe = "tiny" if info.is_tiny or "paper" not in training.RECIPES else "paper"
+    if not recipe:
+        recipe = "tiny" if info.is_tiny else "paper"
     config = training.RECIPES[recipe]
-    overrides: dict[str, Any] = {}
     if epochs is not None:
-        overrides["epochs"] = int(epochs)
-    if max_train is not None:
-        overrides["max_train"] = int(max_train)
-    if overrides:
-        config = dataclasses.replace(config, **overrides)
-    kwargs: dict[str, Any] = {"dataset": dataset, "run_dir": str(resolve_run_dir(run_dir)), "config": config}
-    kwargs["device"] = str(resolve_device(device))
-    _call_with_supported(training.finetune, preset, progress=progress, **kwargs)
+        config = dataclasses.replace(config, epochs=int(epochs))
+    training.finetune(
+        preset, dataset=dataset, run_dir=str(resolve_run_dir(run_dir)), config=config,
+        device=str(resolve_device(device)), progress=progress,
+        max_train=None if max_train is None else int(max_train),
+    )
     return training_history([preset], dataset, run_dir)
-
-
-def _call_with_supported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    # Optional keywords (progress) are passed only when the callee takes them.
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
 
 
 def training_history(presets: Iterable[str], dataset: str, run_dir: str | os.PathLike | None = "") -> pd.DataFrame:
@@ -289,8 +301,30 @@ def training_history(presets: Iterable[str], dataset: str, run_dir: str | os.Pat
         epochs = data.get("epochs", data) if isinstance(data, dict) else data
         for i, rec in enumerate(epochs):
             row = {"model": preset, "epoch": rec.get("epoch", i)}
-            row.update({k: v for k, v in rec.items() if k != "epoch" and isinstance(v, (int, float)) or v is None})
+            row.update({k: v for k, v in rec.items() if k != "epoch" and (v is None or isinstance(v, (int, float)))})
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_summary(presets: Iterable[str], dataset: str, run_dir: str | os.PathLike | None = "") -> pd.DataFrame:
+    """One row per finetuned model: pretraining, recipe (``config.json``), last-epoch metrics, time."""
+    rows = []
+    for preset in presets:
+        run = resolve_run_dir(run_dir) / dataset / preset
+        if not (run / "config.json").is_file():
+            continue
+        cfg = json.loads((run / "config.json").read_text())
+        hist = training_history([preset], dataset, run_dir)
+        row = {"model": preset, "pretraining": pretraining(preset)}
+        row.update({k: cfg.get(k) for k in ("epochs", "batch_size", "lr", "max_train") if k in cfg})
+        if not hist.empty:
+            last = hist.sort_values("epoch").iloc[-1]
+            if "val_acc" in hist:
+                row["initial val accuracy (%)"] = 100 * float(hist.sort_values("epoch")["val_acc"].iloc[0])
+                row["final val accuracy (%)"] = 100 * float(last["val_acc"])
+            if "seconds" in hist:
+                row["training time (s)"] = float(hist["seconds"].fillna(0).sum())
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -916,6 +950,12 @@ def _head_rows(preset: str, values: Tensor, extra: dict[str, Any], name: str) ->
         {"model": preset, **extra, "layer": l + 1, "head": h, "rank": int(ranks[l, h]), name: float(values[l, h])}
         for l in range(L) for h in range(H)
     ]
+
+
+def max_entropy(preset: str) -> float:
+    """``log P`` (nats): the entropy of uniform attention over the preset's ``P`` patches."""
+    gh, gw = _presets_module().PRESETS[preset].grid
+    return float(np.log(gh * gw))
 
 
 def last_layer_entropy(

@@ -311,7 +311,7 @@ def entropy_boxes(df: pd.DataFrame, max_entropy: float | None = None) -> Figure:
         labels.append(model_label(p))
     if max_entropy is not None:
         ax.axhline(max_entropy, color="0.4", ls="--", lw=1)
-        ax.text(ax.get_xlim()[1], max_entropy, " log P (uniform)", va="center", ha="left", fontsize="x-small")
+        ax.text(ax.get_xlim()[0], max_entropy, " log P (uniform attention)", va="bottom", ha="left", fontsize="x-small")
     ax.set_xticks(ticks, labels, rotation=15)
     ax.set_ylabel("attention entropy (nats)")
     ax.set_title(f"Entropy of the last layer's heads (L{int(df['layer'].iloc[0])}) over images; heads sorted by median")
@@ -473,7 +473,8 @@ def example_maps(examples: Sequence[dict[str, Any]], layers: Sequence[int] | Non
         ax = row[-1]
         sns.heatmap(ex["iav"], ax=ax, vmin=0, vmax=1, cmap="viridis", cbar=i == 0, cbar_kws={"label": "IA-Score"},
                     xticklabels=True, yticklabels=[f"L{l + 1}" for l in range(L)])
-        ax.tick_params(labelsize=5)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("head", fontsize="x-small")
         if i == 0:
             ax.set_title("IAV [layer × head]", fontsize="x-small")
         for ax in row[:-1]:
