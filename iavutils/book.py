@@ -47,14 +47,11 @@ PRESET_GROUPS: dict[str, tuple[str, ...]] = {
 # Parameters for the quick runs of the tests (`--small`): every notebook exercises all its
 # code paths on a handful of images. Only the names a notebook declares are passed.
 SMALL_PARAMETERS: dict[str, Any] = {
-    "num_images": 8,
-    "n_samples": 4,
-    "epochs": 1,
-    "train_subset": 64,
-    "max_train_images": 64,
-    "num_train_images": 64,
-    "perplexity": 3.0,
-    "num_permutations": 20,
+    "num_images": 8,  # analysed held-out images
+    "n_samples": 4,  # SmoothGrad samples
+    "epochs": 1,  # finetuning epochs (checkpoints 0 and 1)
+    "max_train": 128,  # finetuning images
+    "num_eval": 64,  # images for accuracies
 }
 
 # Files the site serves itself, copied from tools/book-assets/node_modules into
@@ -173,10 +170,30 @@ def list_notebooks(only: Iterable[str] | None = None, notebook_dir: Path = NOTEB
 
 
 def declared_parameters(notebook: Path) -> set[str]:
-    """Names assigned in the notebook's ``parameters`` cell (via papermill)."""
+    """Names assigned in the notebook's ``parameters`` cell.
+
+    papermill's own parser (``papermill.inspect_notebook``) skips lines it cannot read (for
+    example a comment containing quotes) while ``-p`` would still inject them; Python's parser
+    reads every top-level assignment, so both are merged.
+    """
+    import ast
+
     import papermill
 
-    return set(papermill.inspect_notebook(str(notebook)))
+    names = set(papermill.inspect_notebook(str(notebook)))
+    nb = json.loads(Path(notebook).read_text())
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code" or "parameters" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        try:
+            tree = ast.parse(_source(cell))
+        except SyntaxError:
+            continue  # IPython syntax: papermill's view is all there is
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, ast.AnnAssign) else [])
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
 
 
 def _first_error(nb_path: Path) -> str:
@@ -217,6 +234,10 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
     # per-notebook lines below and papermill's cell bar are the progress of the main job.
     # The kernels inherit this process's environment.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if "run_dir" in parameters:
+        # Also the default of notebooks that resolve an empty run_dir from $IAV_RUN_DIR, so
+        # that no notebook of this run can fall back to the repository's runs/.
+        os.environ["IAV_RUN_DIR"] = str(parameters["run_dir"])
 
     results: list[NotebookResult] = []
     t_start = time.perf_counter()

@@ -1,0 +1,173 @@
+"""The main job end to end: every notebook under papermill, the book build, offline pages.
+
+The slow tests share one ``python -m iavutils.book run --small`` + ``build`` in a temporary
+directory (tests/book_fixtures.py); the fast ones check the CLI's pieces on their own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from book_fixtures import NOTEBOOKS, REPO, BuiltBook, built_book, tail  # noqa: F401 (fixture)
+
+from iavutils import book
+
+
+def _outputs_with_errors(nb: dict) -> list[str]:
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                found.append(f"cell {i}: {out.get('ename')}: {out.get('evalue')}")
+    return found
+
+
+# ----------------------------------------------------------------------------- slow: the run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes_without_errors(built_book: BuiltBook, notebook: Path) -> None:
+    out = built_book.executed(notebook.name)
+    assert out.exists(), f"{notebook.stem} was not executed:\n{tail(built_book.run_log)}"
+    nb = json.loads(out.read_text())
+    errors = _outputs_with_errors(nb)
+    assert not errors, f"{notebook.stem} raised: {errors}"
+    pm = nb["metadata"].get("papermill", {})
+    assert not pm.get("exception"), f"{notebook.stem}: papermill recorded an exception"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    assert all(c.get("execution_count") is not None for c in code), f"{notebook.stem} stopped early"
+    # --small parameters reached the notebook (only the ones it declares).
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected, f"{notebook.stem}: papermill injected no parameters"
+    assert str(built_book.run_dir) in "".join(injected[0]["source"])
+
+
+@pytest.mark.slow
+def test_run_reports_wall_times(built_book: BuiltBook) -> None:
+    assert built_book.run_rc == 0, tail(built_book.run_log)
+    timings = json.loads((built_book.book_dir / "generated" / "timings.json").read_text())
+    assert [t["name"] for t in timings["notebooks"]] == [p.stem for p in NOTEBOOKS]
+    assert all(t["ok"] for t in timings["notebooks"])
+    assert "notebook wall times:" in built_book.run_log
+
+
+# ----------------------------------------------------------------------------- slow: the build
+
+
+@pytest.mark.slow
+def test_book_builds_strict_and_every_toc_page_was_executed(built_book: BuiltBook) -> None:
+    assert built_book.build_rc == 0, tail(built_book.build_log, 80)
+    assert book.check_executed(built_book.book_dir) == []
+    for page in book.toc_pages(built_book.book_dir):
+        assert (built_book.html_dir / f"{page}.html").exists(), f"{page} has no built page"
+
+
+@pytest.mark.slow
+def test_built_pages_load_nothing_remote(built_book: BuiltBook) -> None:
+    assert built_book.html_dir.is_dir(), tail(built_book.build_log)
+    assert book.external_assets(built_book.html_dir) == {}
+    explorer = (built_book.html_dir / "generated" / "09_head_explorer.html").read_text()
+    # The widget manager and require.js are the site's own copies.
+    assert "_static/npm/html-manager/embed-amd.js" in explorer
+    assert "_static/npm/require.js" in explorer
+    assert (built_book.html_dir / "_static" / "npm" / "mathjax" / "tex-mml-chtml.js").exists()
+
+
+@pytest.mark.slow
+def test_explorer_page_is_reasonably_small(built_book: BuiltBook) -> None:
+    page = built_book.html_dir / "generated" / "09_head_explorer.html"
+    assert page.stat().st_size < 6_000_000, f"{page.stat().st_size / 1e6:.1f} MB"
+
+
+# ----------------------------------------------------------------------------- fast: the pieces
+
+
+def test_preset_groups_match_models() -> None:
+    from iavutils import models
+
+    assert book.PRESET_GROUPS["tiny"] == tuple(models.TINY_PRESETS)
+    assert book.PRESET_GROUPS["real"] == tuple(models.REAL_PRESETS) == ("beit", "dino", "deit", "in21k")
+
+
+def test_expand_presets() -> None:
+    assert book.expand_presets("real") == ["beit", "dino", "deit", "in21k"]
+    assert book.expand_presets("tiny-dino, deit,tiny-dino") == ["tiny-dino", "deit"]
+    assert book.expand_presets("tiny")[0] == "tiny-mim"
+    with pytest.raises(ValueError):
+        book.expand_presets(" , ")
+
+
+def test_default_parameters_pick_dataset_and_absolute_run_dir(tmp_path: Path) -> None:
+    p = book.default_parameters(["tiny-dino"], tmp_path / "r", small=True)
+    assert p["dataset"] == "embedded" and p["model"] == "tiny-dino"
+    assert Path(p["run_dir"]).is_absolute()
+    assert p["num_images"] == book.SMALL_PARAMETERS["num_images"]
+    assert book.default_parameters(["beit", "dino"], tmp_path)["dataset"] == "cifar10"
+
+
+def test_only_selects_by_prefix(tmp_path: Path) -> None:
+    for name in ("00_a", "01_b", "10_c"):
+        (tmp_path / f"{name}.ipynb").write_text("{}")
+    assert [p.stem for p in book.list_notebooks(["01", "00_a.ipynb"], tmp_path)] == ["00_a", "01_b"]
+    with pytest.raises(SystemExit):
+        book.list_notebooks(["0"], tmp_path)  # ambiguous
+
+
+def test_jupyter_book_2_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.0.1")
+    with pytest.raises(SystemExit, match="needs 1.x"):
+        book.check_jupyter_book()
+
+
+def test_missing_or_failed_notebook_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nchapters:\n- file: generated/a\n- file: generated/b\n"
+        "- file: generated/c\n")
+    (tmp_path / "intro.md").write_text("# Intro\n")
+    gen = tmp_path / "generated"
+    gen.mkdir()
+    ok = {"cells": [{"cell_type": "code", "source": "1", "execution_count": 1, "outputs": [],
+                     "metadata": {}}], "metadata": {"papermill": {"exception": None}}}
+    failed = {"cells": [{"cell_type": "code", "source": "1/0", "execution_count": 1, "metadata": {},
+                         "outputs": [{"output_type": "error", "ename": "ZeroDivisionError",
+                                      "evalue": "division by zero", "traceback": []}]}],
+              "metadata": {"papermill": {"exception": True}}}
+    (gen / "a.ipynb").write_text(json.dumps(ok))
+    (gen / "b.ipynb").write_text(json.dumps(failed))
+    problems = book.check_executed(tmp_path)
+    assert len(problems) == 2
+    assert "generated/b" in problems[0] and "ZeroDivisionError" in problems[0]
+    assert "generated/c" in problems[1] and "no executed notebook" in problems[1]
+
+
+def test_external_asset_scan(tmp_path: Path) -> None:
+    (tmp_path / "ok.html").write_text(
+        '<link rel="stylesheet" href="_static/a.css"><link rel="next" href="https://x.org/">'
+        '<script src="_static/npm/require.js"></script><a href="https://example.org">x</a>')
+    (tmp_path / "bad.html").write_text(
+        '<script src="https://cdn.jsdelivr.net/npm/x.js"></script><link rel="stylesheet" href="//fonts/x.css">')
+    assert book.external_assets(tmp_path) == {
+        "bad.html": ["<script> https://cdn.jsdelivr.net/npm/x.js", "<link> //fonts/x.css"]}
+
+
+def test_toc_and_notebooks_agree() -> None:
+    """Every notebook is a chapter of the book and every notebook chapter has a notebook."""
+    pages = book.toc_pages(REPO / "book")
+    chapters = {p.split("/", 1)[1] for p in pages if p.startswith("generated/")}
+    assert chapters == {p.stem for p in NOTEBOOKS}
+
+
+def test_vendored_assets_are_pinned() -> None:
+    pkg = json.loads((REPO / "tools" / "book-assets" / "package.json").read_text())
+    lock = json.loads((REPO / "tools" / "book-assets" / "package-lock.json").read_text())
+    for name, version in pkg["dependencies"].items():
+        assert version[0].isdigit(), f"{name} must be pinned exactly, got {version}"
+        assert lock["packages"][f"node_modules/{name}"]["version"] == version
+    # ipywidgets 8 widget state needs the 1.x HTML manager.
+    assert pkg["dependencies"]["@jupyter-widgets/html-manager"].startswith("1.0.")
+    assert pkg["dependencies"]["mathjax"].startswith("3.")

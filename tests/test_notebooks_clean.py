@@ -1,0 +1,47 @@
+"""Notebooks in git are clean sources: no outputs, no execution counts, a papermill
+``parameters`` cell declaring the common parameters (ARCHITECTURE.md), and the plain
+``python3`` kernel (papermill starts the kernel the notebook names)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import papermill
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+COMMON_PARAMETERS = {"model", "run_dir", "dataset", "num_images", "n_samples", "noise_level", "device", "seed"}
+
+pytestmark = pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_no_outputs_and_no_execution_counts(notebook: Path) -> None:
+    nb = _load(notebook)
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+             and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, f"{notebook.name}: cells {dirty} carry outputs or execution counts (strip them)"
+    assert "widgets" not in nb.get("metadata", {}), f"{notebook.name}: saved widget state in metadata"
+    assert "papermill" not in nb.get("metadata", {}), f"{notebook.name}: an executed copy was committed"
+
+
+def test_parameters_cell_declares_the_common_parameters(notebook: Path) -> None:
+    nb = _load(notebook)
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{notebook.name}: needs exactly one cell tagged 'parameters'"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code and code[0] is tagged[0], f"{notebook.name}: the parameters cell must be the first code cell"
+    # What papermill itself can parse: a line it cannot read is a parameter `-p` cannot set.
+    declared = set(papermill.inspect_notebook(str(notebook)))
+    missing = COMMON_PARAMETERS - declared
+    assert not missing, f"{notebook.name}: parameters cell lacks (or papermill cannot parse) {sorted(missing)}"
+
+
+def test_uses_the_plain_python3_kernel(notebook: Path) -> None:
+    spec = _load(notebook).get("metadata", {}).get("kernelspec", {})
+    assert spec.get("name") == "python3", f"{notebook.name}: kernelspec {spec.get('name')!r}, expected 'python3'"
