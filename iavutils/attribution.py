@@ -141,12 +141,12 @@ def smoothgrad(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     acc = torch.zeros(B, C, H, W, device=x.device, dtype=x.dtype)
     with eval_mode(model), torch.enable_grad():
+        # The predicted class needs a clean forward; a given target is checked against the
+        # number of classes once the first chunk's logits are there.
+        t: Tensor | None = None
         if target is None:
             with torch.no_grad():
                 t = resolve_target(None, model(x))
-        else:
-            # Only the number of classes is needed for validation; avoid a forward.
-            t = None
         stream = noise_stream(x, n_samples, noise_level, generator)
         done = 0
         while done < total:
@@ -156,7 +156,7 @@ def smoothgrad(
             xin = torch.stack([xn for _, _, xn in items]).requires_grad_(True)
             logits = model(xin)
             if t is None:
-                t = resolve_target(target, logits.new_zeros(B, logits.shape[1]))
+                t = resolve_target(target, logits.detach()[:1].expand(B, -1))
             y = logits.gather(1, t[idx].unsqueeze(1)).sum()
             (g,) = torch.autograd.grad(y, xin)
             g = g.abs()

@@ -144,6 +144,16 @@ def test_recording_runs_in_eval_mode():
     torch.testing.assert_close(logits, ref)
 
 
+def test_train_mode_recording_keeps_pre_dropout_probabilities():
+    model = make_model("vit", attn_drop_rate=0.5).train()
+    x = torch.randn(2, 3, IMG, IMG)
+    with torch.no_grad(), iu.AttentionRecorder(model, eval=False) as rec:
+        model(x)
+        assert model.training
+        attn = rec.attention
+    torch.testing.assert_close(attn.sum(-1), torch.ones_like(attn.sum(-1)))
+
+
 def test_nothing_left_behind_after_exception_in_forward(vit_model, images):
     model = _mixed_state(vit_model)
 
