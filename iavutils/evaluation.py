@@ -40,17 +40,21 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "EXPLANATION_METHODS",
     "LOCALIZATION_METRICS",
+    "PATCH_MASKING_METHODS",
+    "PERTURBATION_METHODS",
     "PerturbationCurve",
     "average_precision",
     "attention_and_grads",
     "evaluate_explanations",
     "explanation_maps",
     "explanation_table",
+    "gmar_vs_rollout",
     "localization_metrics",
     "mask_aav",
     "paired_difference",
     "perturbation_auc",
     "perturbation_curve",
+    "run_explanation_eval",
     "to_pixel_maps",
 ]
 
@@ -70,6 +74,15 @@ EXPLANATION_METHODS: tuple[str, ...] = (
     "smoothgrad_patch",  # patch-pooled
     "random",
 )
+
+#: Methods with pixel perturbation curves by default (the issue's list; Fig. 5's
+#: ``attention_mean`` and ``smoothgrad_patch`` get the patch-masking curve instead).
+PERTURBATION_METHODS: tuple[str, ...] = (
+    "attention", "rollout", "gmar_l1", "gmar_l2", "gradient_rollout", "gradcam", "smoothgrad", "random",
+)
+
+#: Patch orderings of the IAV paper's Fig. 5 (patch masking).
+PATCH_MASKING_METHODS: tuple[str, ...] = ("attention", "attention_mean", "smoothgrad_patch", "random")
 
 #: Per-image metrics returned by :func:`localization_metrics`.
 LOCALIZATION_METRICS: tuple[str, ...] = ("pixel_accuracy", "miou", "ap", "pointing")
@@ -211,7 +224,7 @@ def perturbation_curve(
     unit: str = "pixel",
     grid: tuple[int, int] | None = None,
     upsample: str = "bilinear",
-    batch_size: int = 64,
+    batch_size: int = 256,
     seed: int = 0,
     progress: bool = False,
 ) -> PerturbationCurve:
@@ -235,7 +248,7 @@ def perturbation_curve(
         unit: ``"pixel"`` or ``"patch"``.
         grid: Patch grid; ``None`` reads it from the model (or infers it for pure toy models).
         upsample: Interpolation of patch maps to pixels for ``unit="pixel"``.
-        batch_size: Images per forward.
+        batch_size: Perturbed images per forward (pairs of fraction and image).
         seed: Seed of the tie-breaking permutation (an all-equal map = a random ordering).
         progress: Show a tqdm bar.
 
@@ -276,19 +289,23 @@ def perturbation_curve(
 
     labels = labels.to(x.device).long()
     correct = torch.zeros(len(fr), B)
-    steps = [(i, s) for s in range(0, B, batch_size) for i in range(len(fr))]
+    # Forward (fraction, image) pairs in batches of `batch_size`: the tiny models are
+    # dispatch-bound, so few large forwards beat one small forward per fraction.
+    pairs = [(i, b) for i in range(len(fr)) for b in range(B)]
+    count_of = torch.tensor(counts, device=x.device)
+    x01_all = x * std_t + mean_t
     with eval_mode(model), torch.no_grad():
-        for i, s in tqdm(steps, desc=f"perturbation ({mode})", disable=not progress, leave=False):
-            sl = slice(s, s + batch_size)
-            removed = (ranks[sl] < counts[i]).to(x.dtype)
+        for s in tqdm(range(0, len(pairs), batch_size), desc=f"perturbation ({mode})", disable=not progress, leave=False):
+            chunk = torch.tensor(pairs[s : s + batch_size], device=x.device)
+            fi, bi = chunk[:, 0], chunk[:, 1]
+            removed = (ranks[bi] < count_of[fi, None]).to(x.dtype)
             if unit == "pixel":
                 removed = removed.reshape(-1, 1, H, W)
             else:
                 removed = F.interpolate(removed.reshape(-1, 1, *grid), size=(H, W), mode="nearest")
-            x01 = x[sl] * std_t + mean_t
-            xin = (x01 * (1.0 - removed) - mean_t) / std_t
+            xin = (x01_all[bi] * (1.0 - removed) - mean_t) / std_t
             pred = model(xin).argmax(dim=1)
-            correct[i, sl] = (pred == labels[sl]).float().cpu()
+            correct[fi.cpu(), bi.cpu()] = (pred == labels[bi]).float().cpu()
     fr_t = torch.tensor(fr)
     accuracy = correct.mean(dim=1)
     return PerturbationCurve(
@@ -542,6 +559,8 @@ def evaluate_explanations(
     methods: Sequence[str] = EXPLANATION_METHODS,
     target: int | Tensor | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    perturbation_methods: Sequence[str] = PERTURBATION_METHODS,
+    patch_methods: Sequence[str] = PATCH_MASKING_METHODS,
     n_samples: int = 25,
     noise_level: float = 0.15,
     seed: int = 0,
@@ -552,8 +571,8 @@ def evaluate_explanations(
 
     The result is a flat ``dict[str, Tensor]`` (what ``ResultStore.cached`` stores):
     ``fractions`` ``[F+1]``; ``map.{m}``; ``positive.{m}``, ``negative.{m}`` and
-    ``patch_positive.{m}`` (per-image correctness ``[F+1,B]``; patch masking only for patch
-    maps); ``loc.{metric}.{m}`` ``[B]``; ``aav_mask`` ``[B,L,H]``; ``labels``; ``target``.
+    ``patch_positive.{m}`` (per-image correctness ``[F+1,B]``; patch masking only for
+    ``patch_methods``); ``loc.{metric}.{m}`` ``[B]``; ``aav_mask`` ``[B,L,H]``; ``labels``; ``target``.
 
     Args:
         model: A supported timm ViT-family model.
@@ -566,10 +585,14 @@ def evaluate_explanations(
         methods: Explanation methods.
         target: Class explained: ``None`` = the predicted class (what the model decided).
         fractions: Removed fractions.
+        perturbation_methods: Methods that get the pixel perturbation curves (positive and
+            negative); the forwards of the perturbed images dominate the cost.
+        patch_methods: Methods (with patch maps) that also get the patch-masking curve of the
+            IAV paper's Fig. 5.
         n_samples: SmoothGrad samples.
         noise_level: SmoothGrad noise level.
         seed: Seeds the maps and the tie-breaking.
-        batch_size: Images per forward.
+        batch_size: Images per forward (perturbed images per forward: ``4 * batch_size``).
         progress: Show tqdm bars.
 
     Returns:
@@ -582,14 +605,15 @@ def evaluate_explanations(
     maps = explanation_maps(model, x, t, methods, n_samples=n_samples, noise_level=noise_level, seed=seed,
                             batch_size=batch_size)
     res: dict[str, Tensor] = {"labels": labels.detach().cpu().long(), "target": t.cpu()}
-    kw = dict(info=info, mean=mean, std=std, fractions=fractions, grid=geo.grid, batch_size=batch_size, seed=seed)
+    kw = dict(info=info, mean=mean, std=std, fractions=fractions, grid=geo.grid, batch_size=4 * batch_size, seed=seed)
+    fr = [float(f) for f in fractions]
+    res["fractions"] = torch.tensor(fr if fr and fr[0] == 0.0 else [0.0, *fr])
     for m in tqdm(methods, desc="perturbation", disable=not progress, leave=False):
         res[f"map.{m}"] = maps[m].cpu()
-        for mode in ("positive", "negative"):
+        for mode in ("positive", "negative") if m in perturbation_methods else ():
             c = perturbation_curve(model, x, maps[m], labels, mode=mode, **kw)
             res[f"{mode}.{m}"] = c.correct
-            res.setdefault("fractions", c.fractions)
-        if maps[m].dim() == 2:
+        if m in patch_methods and maps[m].dim() == 2:
             res[f"patch_positive.{m}"] = perturbation_curve(model, x, maps[m], labels, unit="patch", **kw).correct
         if masks is not None:
             for k, v in localization_metrics(maps[m], masks.to(x.device), grid=geo.grid).items():
@@ -615,7 +639,7 @@ def explanation_table(results: Mapping[str, Mapping[str, Tensor]]) -> Any:
     rows = []
     for name, res in results.items():
         fr = res["fractions"]
-        methods = [k.split(".", 1)[1] for k in res if k.startswith("positive.")]
+        methods = [k.split(".", 1)[1] for k in res if k.startswith("map.")]
         for m in methods:
             row: dict[str, Any] = {"model": name, "method": m}
             for mode in ("positive", "negative", "patch_positive"):
@@ -661,3 +685,120 @@ def paired_difference(
     boots = d[idx].mean(1)
     lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=boots.dtype))
     return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "n_images": int(d.numel())}
+
+
+# --------------------------------------------------------------------------- cached experiment
+
+#: Bump when a definition behind :func:`run_explanation_eval` changes (invalidates the cache).
+_EVAL_VERSION = 1
+
+
+def run_explanation_eval(
+    preset: str,
+    dataset: str = "embedded",
+    run_dir: str | None = "",
+    *,
+    num_images: int = 64,
+    n_samples: int = 25,
+    noise_level: float = 0.15,
+    seed: int = 0,
+    device: str = "auto",
+    methods: Sequence[str] = EXPLANATION_METHODS,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    epoch: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """:func:`evaluate_explanations` of a finetuned checkpoint, cached in the run directory.
+
+    Images: the seeded validation subset of :func:`iavutils.experiments.load_images` (the same
+    images for every model). The cache key holds the checkpoint's fingerprint, so a re-finetuned
+    model is re-evaluated.
+
+    Args:
+        preset: Preset finetuned in the run.
+        dataset: ``"embedded"`` (with masks) or ``"cifar10"`` (no localization).
+        run_dir: Run directory (``""``: the repository's ``runs``; see ``resolve_run_dir``).
+        num_images: Validation images.
+        n_samples: SmoothGrad samples.
+        noise_level: SmoothGrad noise level.
+        seed: Image subset, SmoothGrad noise, random map and tie-breaking seed.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        methods: Explanation methods.
+        fractions: Removed fractions.
+        epoch: Checkpoint (``None``: the last one).
+        batch_size: Images per forward.
+        progress: Show progress bars.
+
+    Returns:
+        The :func:`evaluate_explanations` dictionary plus ``indices`` (dataset indices) and
+        ``epoch``.
+    """
+    from . import experiments as ex
+    from .store import ResultStore
+    from .training import list_checkpoints, load_checkpoint
+
+    run = ex.resolve_run_dir(run_dir)
+    dev = ex.resolve_device(device)
+    ckpts = dict(list_checkpoints(run, dataset, preset))
+    if not ckpts:
+        raise FileNotFoundError(f"no checkpoints of {preset!r} on {dataset!r} in {run}: finetune it first")
+    epoch = max(ckpts) if epoch is None else int(epoch)
+    key = {
+        "version": _EVAL_VERSION, "preset": preset, "dataset": dataset, "epoch": epoch,
+        "fingerprint": ex.checkpoint_fingerprint(ckpts[epoch]), "num_images": num_images,
+        "n_samples": n_samples, "noise_level": noise_level, "seed": seed, "methods": list(methods),
+        "fractions": [float(f) for f in fractions],
+    }
+
+    def compute() -> dict[str, Tensor]:
+        model, info = load_checkpoint(run, dataset, preset, epoch=epoch, device=dev)
+        imgs = ex.load_images(dataset, info, num_images, seed)
+        res = evaluate_explanations(
+            model, imgs["x"].to(dev), imgs["y"].to(dev), imgs.get("mask"), info=info, methods=methods,
+            fractions=fractions, n_samples=n_samples, noise_level=noise_level, seed=seed,
+            batch_size=batch_size, progress=progress,
+        )
+        res["indices"] = imgs["indices"]
+        res["epoch"] = torch.tensor(epoch)
+        return res
+
+    return ResultStore(run).cached("explanation_eval", key, compute, meta={"preset": preset})
+
+
+def gmar_vs_rollout(
+    results: Mapping[str, Mapping[str, Tensor]],
+    pairs: Sequence[tuple[str, str]] = (("gmar_l1", "rollout"), ("gmar_l2", "rollout")),
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Any:
+    """Per model, the paired AUC difference of GMAR and rollout with a bootstrap interval.
+
+    ``better`` is ``True`` when the 95% interval says GMAR is better (positive: lower AUC;
+    negative: higher AUC), ``False`` when it says worse, ``None`` when it contains 0.
+
+    Args:
+        results: ``{model: evaluate_explanations result}``.
+        pairs: ``(method, reference)`` pairs.
+        n_boot: Bootstrap resamples over images.
+        seed: Bootstrap seed.
+
+    Returns:
+        ``pandas.DataFrame`` with ``model, method, reference, mode, diff, low, high, better``.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, res in results.items():
+        for a, b in pairs:
+            if f"positive.{a}" not in res or f"positive.{b}" not in res:  # no curves for them
+                continue
+            for mode in ("positive", "negative"):
+                d = paired_difference(res, a, b, mode=mode, n_boot=n_boot, seed=seed)
+                sign = -1.0 if mode == "positive" else 1.0  # which direction is "better"
+                better = None
+                if sign * d["low"] > 0 or sign * d["high"] > 0:
+                    lo, hi = sorted((sign * d["low"], sign * d["high"]))
+                    better = True if lo > 0 else False if hi < 0 else None
+                rows.append({"model": name, "method": a, "reference": b, "mode": mode, **d, "better": better})
+    return pd.DataFrame(rows)

@@ -229,14 +229,17 @@ def test_evaluate_explanations_and_table():
     y = torch.randint(0, 3, (6,), generator=g)
     masks = torch.zeros(6, 16, 16)
     masks[:, 4:12, 4:12] = 1.0
-    methods = ("rollout", "gmar_l1", "smoothgrad", "random")
+    methods = ("rollout", "gmar_l1", "smoothgrad", "random", "attention_mean")
     res = ev.evaluate_explanations(model, x, y, masks, mean=MEAN, std=STD, methods=methods, n_samples=2,
                                    progress=False)
     assert res["positive.rollout"].shape == (10, 6)
-    assert "patch_positive.smoothgrad" not in res and "patch_positive.random" in res
+    assert "patch_positive.smoothgrad" not in res and "patch_positive.random" in res and "patch_positive.rollout" not in res
     assert res["aav_mask"].shape == (6, 2, 2)
     table = ev.explanation_table({"toy": res})
     assert list(table["method"]) == list(methods)
-    assert table[["auc_positive", "auc_negative", "miou", "ap", "pointing"]].notna().all().all()
+    head = table.iloc[:4]
+    assert head[["auc_positive", "auc_negative", "miou", "ap", "pointing"]].notna().all().all()
+    # attention_mean gets only the patch-masking curve (Fig. 5), not the pixel curves.
+    assert table.iloc[4][["auc_positive"]].isna().all() and table.iloc[4]["auc_patch_positive"] >= 0
     d = ev.paired_difference(res, "gmar_l1", "rollout")
     assert d["low"] <= d["diff"] <= d["high"]
