@@ -194,11 +194,12 @@ def gradcam(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> 
     try:
         with eval_mode(model), torch.enable_grad():
             logits = model(x.detach().requires_grad_(True))
+            t = resolve_target(target, logits)
+            y = logits.gather(1, t.unsqueeze(1)).sum()
     finally:
         handle.remove()
-    t = resolve_target(target, logits)
     a = store["a"]
-    (g,) = torch.autograd.grad(logits.gather(1, t.unsqueeze(1)).sum(), a)
+    (g,) = torch.autograd.grad(y, a)
     T = geo.num_prefix_tokens
     a, g = a[:, T:].detach(), g[:, T:]
     w = g.mean(dim=1, keepdim=True)

@@ -144,8 +144,8 @@ def _attention_and_grads(
         # The input carries the graph, so gradients exist even for a frozen model.
         logits = model(x.detach().requires_grad_(True))
         maps = rec.maps
-    t = resolve_target(target, logits)
-    y = logits.gather(1, t.unsqueeze(1)).sum()
+        t = resolve_target(target, logits)
+        y = logits.gather(1, t.unsqueeze(1)).sum()
     grads = torch.autograd.grad(y, maps)
     attn = torch.stack([m.detach() for m in maps], dim=1)
     return attn, torch.stack(grads, dim=1), geo.num_prefix_tokens

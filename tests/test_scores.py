@@ -138,3 +138,14 @@ def test_aav_with_hand_masks(images):
     torch.testing.assert_close(iu.aav(model, images, mask), cls[..., 5] / cls.norm(dim=-1))
     with pytest.raises(ValueError, match="maps must be"):
         iu.aav(model, images, torch.ones(3, 16, 16))
+
+
+def test_model_level_functions_work_under_no_grad(images):
+    model = make_model("vit")
+    ref = (iu.iav(model, images, attribution="saliency"), iu.gmar(model, images), iu.gradient_rollout(model, images))
+    with torch.no_grad():
+        out = (iu.iav(model, images, attribution="saliency"), iu.gmar(model, images), iu.gradient_rollout(model, images))
+        cam = iu.gradcam(model, images)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(cam, iu.gradcam(model, images))
