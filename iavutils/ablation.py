@@ -29,6 +29,7 @@ from .rollout import gmar_head_weights
 
 __all__ = [
     "ablate_heads",
+    "ablation_frame",
     "ablation_scores",
     "group_ablation",
     "head_ablation",
@@ -36,6 +37,7 @@ __all__ = [
     "mean_gmar_weights",
     "proj_input_means",
     "rank_correlation",
+    "run_head_ablation",
 ]
 
 HeadSpec = Tensor | Iterable[tuple[int, int]]
@@ -432,3 +434,119 @@ def ablation_scores(
     if gmar_weight is not None:
         out["gmar_weight"] = rank_correlation(single[which], gmar_weight)
     return out
+
+
+# --------------------------------------------------------------------------- cached experiment
+
+_ABLATION_VERSION = 1
+
+
+def run_head_ablation(
+    preset: str,
+    dataset: str = "embedded",
+    run_dir: str | None = "",
+    *,
+    num_images: int = 64,
+    n_samples: int = 25,
+    noise_level: float = 0.15,
+    seed: int = 0,
+    target: str = "label",
+    ablation_images: int = 256,
+    mode: str = "zero",
+    epoch: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Single-head and group ablation of a finetuned checkpoint with its IA-Scores, cached.
+
+    IA-Scores (global-IAV, head types) come from the book's cached
+    :func:`iavutils.experiments.checkpoint_analysis` of ``num_images`` images (shared with the
+    other chapters); the ablation runs on the first ``ablation_images`` of the same seeded
+    validation order (a superset), where forwards are cheap; GMAR weights are averaged over the
+    analysis images for the same target classes.
+
+    Args:
+        preset: Preset finetuned in the run.
+        dataset: Dataset name.
+        run_dir: Run directory (``""``: the repository's ``runs``).
+        num_images: Images of the IA-Score analysis.
+        n_samples: SmoothGrad samples of the analysis.
+        noise_level: SmoothGrad noise level of the analysis.
+        seed: Image subset and noise seed.
+        target: ``"label"`` or ``"predicted"`` (class explained by SmoothGrad and GMAR).
+        ablation_images: Images for the ablation (labels are the targets of the drops).
+        mode: ``"zero"`` or ``"mean"`` (mean over the ablation images, per token position).
+        epoch: Checkpoint (``None``: the last one).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        progress: Show progress bars.
+
+    Returns:
+        ``ia`` ``[L,H]`` (global-IAV), ``high_ia`` ``[L,H]`` (bool as float), ``gmar_weight``
+        ``[L,H]``, ``single.*`` (:func:`head_ablation`, without per-image tensors) and
+        ``group.*`` (:func:`group_ablation`).
+    """
+    from . import experiments as ex
+    from .scores import global_iav, head_types
+    from .store import ResultStore
+    from .training import list_checkpoints, load_checkpoint
+
+    run = ex.resolve_run_dir(run_dir)
+    dev = ex.resolve_device(device)
+    ckpts = dict(list_checkpoints(run, dataset, preset))
+    if not ckpts:
+        raise FileNotFoundError(f"no checkpoints of {preset!r} on {dataset!r} in {run}: finetune it first")
+    epoch = max(ckpts) if epoch is None else int(epoch)
+    key = {
+        "version": _ABLATION_VERSION, "preset": preset, "dataset": dataset, "epoch": epoch,
+        "fingerprint": ex.checkpoint_fingerprint(ckpts[epoch]), "num_images": num_images,
+        "n_samples": n_samples, "noise_level": noise_level, "seed": seed, "target": target,
+        "ablation_images": ablation_images, "mode": mode,
+    }
+
+    def compute() -> dict[str, Tensor]:
+        analysis = ex.checkpoint_analysis(
+            preset, dataset, epoch, run_dir=run, num_images=num_images, n_samples=n_samples,
+            noise_level=noise_level, seed=seed, target=target, device=device, progress=progress,
+        )
+        model, info = load_checkpoint(run, dataset, preset, epoch=epoch, device=dev)
+        iavs = analysis["iav"].double()
+        high = head_types(iavs)
+        small = ex.load_images(dataset, info, num_images, seed)
+        gmar_w = mean_gmar_weights(model, small["x"].to(dev), analysis["targets"].to(dev), batch_size=64)
+        data = ex.load_images(dataset, info, ablation_images, seed)
+        xy = (data["x"].to(dev), data["y"].to(dev))
+        single = head_ablation(model, xy, mode=mode, progress=progress)
+        groups = group_ablation(model, xy, high, mode=mode, progress=progress)
+        out = {"ia": global_iav(iavs).float(), "high_ia": high.float(), "gmar_weight": gmar_w.float()}
+        for k in ("accuracy", "logit", "accuracy_drop", "logit_drop"):
+            out[f"single.{k}"] = single[k].float()
+        out.update({f"group.{k}": v.float() for k, v in groups.items()})
+        return out
+
+    return ResultStore(run).cached("head_ablation", key, compute, meta={"preset": preset})
+
+
+def ablation_frame(results: dict[str, dict[str, Tensor]]) -> Any:
+    """Per-head rows of :func:`run_head_ablation` results for plotting.
+
+    Args:
+        results: ``{model: run_head_ablation(...)}``.
+
+    Returns:
+        ``pandas.DataFrame`` with ``model, layer (1-based), head, ia, high_ia, gmar_weight,
+        accuracy_drop (percentage points), logit_drop``.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, r in results.items():
+        L, H = r["ia"].shape
+        for l in range(L):
+            for h in range(H):
+                rows.append({
+                    "model": name, "layer": l + 1, "head": h, "ia": float(r["ia"][l, h]),
+                    "high_ia": bool(r["high_ia"][l, h] > 0.5), "gmar_weight": float(r["gmar_weight"][l, h]),
+                    "accuracy_drop": 100.0 * float(r["single.accuracy_drop"][l, h]),
+                    "logit_drop": float(r["single.logit_drop"][l, h]),
+                })
+    return pd.DataFrame(rows)

@@ -447,6 +447,7 @@ def explanation_maps(
     noise_level: float = 0.15,
     seed: int = 0,
     batch_size: int | None = None,
+    precomputed: Mapping[str, Tensor] | None = None,
     progress: bool = False,
 ) -> dict[str, Tensor]:
     """Every explanation map of a batch, for one shared target class per image.
@@ -467,6 +468,8 @@ def explanation_maps(
         seed: Seeds SmoothGrad's noise stream and the random map (independently).
         batch_size: Images per chunk (``None``: all at once); results do not depend on it
             except through SmoothGrad's seeds, which are drawn once for the whole batch.
+        precomputed: Maps already computed for the same images and targets (e.g. the book's
+            cached SmoothGrad ``{"smoothgrad": [B,H,W]}``); used instead of recomputing.
         progress: Show a tqdm bar over methods.
 
     Returns:
@@ -481,23 +484,25 @@ def explanation_maps(
     with eval_mode(model), torch.no_grad():
         logits = torch.cat([model(x[sl]) for sl in _chunks(B, batch_size)])
     t = resolve_target(target, logits)
-    out: dict[str, Tensor] = {}
-    need_attn = {"attention", "attention_mean", "rollout"} & set(methods)
+    out: dict[str, Tensor] = {k: v.to(x.device) for k, v in (precomputed or {}).items() if k in methods}
+    if "smoothgrad_patch" in methods and "smoothgrad" in (precomputed or {}) and "smoothgrad_patch" not in out:
+        out["smoothgrad_patch"] = patch_pool(precomputed["smoothgrad"].to(x.device).float(), geo.grid)
+    need_attn = ({"attention", "attention_mean", "rollout"} & set(methods)) - set(out)
     if need_attn:
         cls_parts, roll_parts = [], []
         for sl in _chunks(B, batch_size):
             _, attn = record_attention(model, x[sl])
             cls_parts.append(cls_attention(attn, geo.num_prefix_tokens))
-            if "rollout" in methods:
+            if "rollout" in need_attn:
                 roll_parts.append(attention_rollout(attn, geo.num_prefix_tokens))
         cls = torch.cat(cls_parts)  # [B,L,H,P]
-        if "attention" in methods:
+        if "attention" in need_attn:
             out["attention"] = cls[:, -1].mean(dim=1)
-        if "attention_mean" in methods:
+        if "attention_mean" in need_attn:
             out["attention_mean"] = cls.mean(dim=(1, 2))
-        if "rollout" in methods:
+        if "rollout" in need_attn:
             out["rollout"] = torch.cat(roll_parts)
-    grad_methods = [m for m in ("gmar_l1", "gmar_l2", "gradient_rollout") if m in methods]
+    grad_methods = [m for m in ("gmar_l1", "gmar_l2", "gradient_rollout") if m in methods and m not in out]
     if grad_methods:
         # One forward/backward serves GMAR (both norms) and gradient rollout: same ∂y_c/∂A.
         parts: dict[str, list[Tensor]] = {m: [] for m in grad_methods}
@@ -565,6 +570,7 @@ def evaluate_explanations(
     noise_level: float = 0.15,
     seed: int = 0,
     batch_size: int = 64,
+    precomputed: Mapping[str, Tensor] | None = None,
     progress: bool = True,
 ) -> dict[str, Tensor]:
     """Maps, perturbation curves (pixel positive/negative, patch positive) and localization.
@@ -593,6 +599,8 @@ def evaluate_explanations(
         noise_level: SmoothGrad noise level.
         seed: Seeds the maps and the tie-breaking.
         batch_size: Images per forward (perturbed images per forward: ``4 * batch_size``).
+        precomputed: Maps computed elsewhere for the same images and targets
+            (:func:`explanation_maps`).
         progress: Show tqdm bars.
 
     Returns:
@@ -603,7 +611,7 @@ def evaluate_explanations(
         logits = torch.cat([model(x[sl]) for sl in _chunks(x.shape[0], batch_size)])
     t = resolve_target(target, logits)
     maps = explanation_maps(model, x, t, methods, n_samples=n_samples, noise_level=noise_level, seed=seed,
-                            batch_size=batch_size)
+                            batch_size=batch_size, precomputed=precomputed)
     res: dict[str, Tensor] = {"labels": labels.detach().cpu().long(), "target": t.cpu()}
     kw = dict(info=info, mean=mean, std=std, fractions=fractions, grid=geo.grid, batch_size=4 * batch_size, seed=seed)
     fr = [float(f) for f in fractions]
@@ -705,6 +713,7 @@ def run_explanation_eval(
     device: str = "auto",
     methods: Sequence[str] = EXPLANATION_METHODS,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    target: str = "label",
     epoch: int | None = None,
     batch_size: int = 64,
     progress: bool = True,
@@ -712,8 +721,10 @@ def run_explanation_eval(
     """:func:`evaluate_explanations` of a finetuned checkpoint, cached in the run directory.
 
     Images: the seeded validation subset of :func:`iavutils.experiments.load_images` (the same
-    images for every model). The cache key holds the checkpoint's fingerprint, so a re-finetuned
-    model is re-evaluated.
+    images for every model). SmoothGrad is taken from the book's cached
+    :func:`iavutils.experiments.checkpoint_analysis` of the same images (shared with chapters
+    02–07), and every method explains the same class. The cache key holds the checkpoint's
+    fingerprint, so a re-finetuned model is re-evaluated.
 
     Args:
         preset: Preset finetuned in the run.
@@ -726,6 +737,7 @@ def run_explanation_eval(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         methods: Explanation methods.
         fractions: Removed fractions.
+        target: Class explained: ``"label"`` (the book's default) or ``"predicted"``.
         epoch: Checkpoint (``None``: the last one).
         batch_size: Images per forward.
         progress: Show progress bars.
@@ -744,20 +756,30 @@ def run_explanation_eval(
     if not ckpts:
         raise FileNotFoundError(f"no checkpoints of {preset!r} on {dataset!r} in {run}: finetune it first")
     epoch = max(ckpts) if epoch is None else int(epoch)
+    if target not in ("label", "predicted"):
+        raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
     key = {
         "version": _EVAL_VERSION, "preset": preset, "dataset": dataset, "epoch": epoch,
         "fingerprint": ex.checkpoint_fingerprint(ckpts[epoch]), "num_images": num_images,
-        "n_samples": n_samples, "noise_level": noise_level, "seed": seed, "methods": list(methods),
-        "fractions": [float(f) for f in fractions],
+        "n_samples": n_samples, "noise_level": noise_level, "seed": seed, "target": target,
+        "methods": list(methods), "fractions": [float(f) for f in fractions],
     }
 
     def compute() -> dict[str, Tensor]:
+        # SmoothGrad of the same images and targets is the book's shared, cached analysis.
+        analysis = ex.checkpoint_analysis(
+            preset, dataset, epoch, run_dir=run, num_images=num_images, n_samples=n_samples,
+            noise_level=noise_level, seed=seed, target=target, device=device, progress=progress,
+        )
         model, info = load_checkpoint(run, dataset, preset, epoch=epoch, device=dev)
         imgs = ex.load_images(dataset, info, num_images, seed)
+        if not torch.equal(imgs["indices"], analysis["indices"]):
+            raise RuntimeError("the image subset differs from the cached analysis")
         res = evaluate_explanations(
             model, imgs["x"].to(dev), imgs["y"].to(dev), imgs.get("mask"), info=info, methods=methods,
-            fractions=fractions, n_samples=n_samples, noise_level=noise_level, seed=seed,
-            batch_size=batch_size, progress=progress,
+            target=analysis["targets"].to(dev), fractions=fractions, n_samples=n_samples,
+            noise_level=noise_level, seed=seed, batch_size=batch_size,
+            precomputed={"smoothgrad": analysis["smoothgrad"]}, progress=progress,
         )
         res["indices"] = imgs["indices"]
         res["epoch"] = torch.tensor(epoch)

@@ -35,10 +35,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 __all__ = [
+    "FEATURE_SETS",
     "FeatureSet",
     "SeparabilityResult",
+    "checkpoint_trends",
     "labelings",
     "min_p_value",
+    "separability_report",
     "separability_test",
     "summarize_checkpoint",
     "trend_features",
@@ -306,3 +309,122 @@ def separability_test(
         n_rows=int(y.size),
         exact=exact,
     )
+
+
+# --------------------------------------------------------------------------- book entry points
+
+
+def checkpoint_trends(
+    presets: Sequence[str],
+    dataset: str = "embedded",
+    run_dir: str | None = "",
+    *,
+    epoch_stride: int = 2,
+    num_images: int = 64,
+    n_samples: int = 25,
+    noise_level: float = 0.15,
+    seed: int = 0,
+    target: str = "label",
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, dict[str, Tensor]]:
+    """Per preset and analysed checkpoint: global-IAV, attention entropy and accuracy.
+
+    Built from the book's cached :func:`iavutils.experiments.checkpoint_analysis` (the same
+    entries chapters 02–07 use, so nothing is recomputed when their parameters match).
+
+    Args:
+        presets: Presets finetuned in the run.
+        dataset: Dataset name.
+        run_dir: Run directory.
+        epoch_stride: Every ``epoch_stride``-th checkpoint from 0, the last always included.
+        num_images: Analysis images.
+        n_samples: SmoothGrad samples.
+        noise_level: SmoothGrad noise level.
+        seed: Image subset and noise seed.
+        target: ``"label"`` or ``"predicted"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        progress: Show progress bars.
+
+    Returns:
+        ``{preset: {"epochs" [E], "global_iav" [E,L,H], "entropy" [E,L,H] (nats),
+        "accuracy" [E] (validation accuracy from the finetuning metrics, NaN if missing)}}``.
+    """
+    from . import experiments as ex
+    from .scores import attention_entropy, global_iav
+
+    out: dict[str, dict[str, Tensor]] = {}
+    history = ex.training_history(presets, dataset, run_dir)
+    for p in tqdm(list(presets), desc="checkpoint trends", disable=not progress):
+        epochs = ex.analysis_epochs(p, dataset, run_dir, epoch_stride)
+        iav_l, ent_l, acc_l = [], [], []
+        for e in epochs:
+            r = ex.checkpoint_analysis(
+                p, dataset, e, run_dir=run_dir, num_images=num_images, n_samples=n_samples,
+                noise_level=noise_level, seed=seed, target=target, device=device, progress=False,
+            )
+            iav_l.append(global_iav(r["iav"].double()))
+            ent_l.append(attention_entropy(r["cls_attn"].double()).mean(0))
+            acc = float("nan")
+            if len(history) and "val_acc" in history:
+                sel = history[(history["model"] == p) & (history["epoch"] == e)]["val_acc"]
+                if len(sel) and sel.iloc[0] is not None:
+                    acc = float(sel.iloc[0])
+            acc_l.append(acc)
+        out[p] = {
+            "epochs": torch.tensor(epochs),
+            "global_iav": torch.stack(iav_l),
+            "entropy": torch.stack(ent_l),
+            "accuracy": torch.tensor(acc_l, dtype=torch.float64),
+        }
+    return out
+
+
+#: Feature sets of :func:`separability_report`: (name, trend key, summary).
+FEATURE_SETS: tuple[tuple[str, str, str], ...] = (
+    ("global-IAV", "global_iav", "layer_mean_std"),
+    ("entropy (control)", "entropy", "layer_mean_std"),
+    ("accuracy (control)", "accuracy", "layer_mean_std"),
+)
+
+
+def separability_report(
+    trends: Mapping[str, Mapping[str, Tensor]],
+    labels: Mapping[str, int],
+    groups: Mapping[str, str] | None = None,
+    *,
+    unit: str = "checkpoint",
+    feature_sets: Sequence[tuple[str, str, str]] = FEATURE_SETS,
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> tuple[Any, dict[str, SeparabilityResult]]:
+    """Run :func:`separability_test` for each feature set; a table and the full results.
+
+    Args:
+        trends: :func:`checkpoint_trends` output (``{run: {key: [E, ...]}}``).
+        labels: ``{run: 1 self-supervised / 0 supervised}``.
+        groups: ``{run: model}`` (default: each run is its own group).
+        unit: ``"checkpoint"`` or ``"run"`` (see :func:`trend_features`).
+        feature_sets: ``(name, trend key, summary)`` triples.
+        n_permutations: Permutation budget (exact enumeration when it suffices).
+        seed: Monte Carlo seed.
+
+    Returns:
+        ``(DataFrame with features, accuracy, p_value, min_p_value, n_models, n_rows, exact;
+        {name: SeparabilityResult})``.
+    """
+    import pandas as pd
+
+    rows, results = [], {}
+    for name, key, summary in feature_sets:
+        runs = {r: t[key] for r, t in trends.items() if key in t and torch.isfinite(torch.as_tensor(t[key])).any()}
+        if len(runs) < len(trends):
+            continue  # e.g. no accuracy recorded
+        feats = trend_features(runs, labels, groups, unit=unit, summary=summary)
+        res = separability_test(feats, n_permutations=n_permutations, seed=seed)
+        results[name] = res
+        rows.append({
+            "features": name, "accuracy": res.accuracy, "p_value": res.p_value, "min_p_value": res.min_p_value,
+            "n_models": res.n_groups, "n_rows": res.n_rows, "exact": res.exact,
+        })
+    return pd.DataFrame(rows), results

@@ -243,3 +243,12 @@ def test_evaluate_explanations_and_table():
     assert table.iloc[4][["auc_positive"]].isna().all() and table.iloc[4]["auc_patch_positive"] >= 0
     d = ev.paired_difference(res, "gmar_l1", "rollout")
     assert d["low"] <= d["diff"] <= d["high"]
+
+
+def test_precomputed_maps_are_used():
+    model = _toy_vit()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    sg = torch.rand(3, 16, 16)
+    maps = ev.explanation_maps(model, x, 0, ("smoothgrad", "smoothgrad_patch", "rollout"), precomputed={"smoothgrad": sg})
+    assert torch.equal(maps["smoothgrad"], sg)
+    assert torch.allclose(maps["smoothgrad_patch"], sg.reshape(3, 4, 4, 4, 4).mean((2, 4)).reshape(3, 16))

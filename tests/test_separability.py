@@ -82,3 +82,12 @@ def test_rejects_too_few_groups_or_mixed_groups():
     trends, labels = _trends(4)
     with pytest.raises(ValueError, match="both classes"):
         sep.separability_test(sep.trend_features(trends, labels, groups={k: "same" for k in trends}))
+
+
+def test_report_table_and_nan_controls_skipped():
+    trends, labels = _trends(4)
+    full = {k: {"global_iav": v, "entropy": v + 1.0, "accuracy": torch.full((v.shape[0],), float("nan"))}
+            for k, v in trends.items()}
+    table, results = sep.separability_report(full, labels)
+    assert list(table["features"]) == ["global-IAV", "entropy (control)"]
+    assert (table["min_p_value"] > 0.3).all() and set(results) == {"global-IAV", "entropy (control)"}
