@@ -42,6 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attribution import noise_seeds, resolve_target
+from .hooks import ModelGeometry, check_input, eval_mode, model_geometry
+from .scores import cls_attention, ia_score
+
 __all__ = [
     "BF16_TOLERANCE",
     "ChunkPlan",
@@ -50,7 +54,7 @@ __all__ = [
     "autocast_deviation",
     "cls_rows_from_block_input",
     "engine_cls_attention",
-    "image_seeds",
+    "image_seed",
     "iav_dataset",
     "iav_fast",
     "saved_bytes_per_sample",
@@ -65,10 +69,11 @@ NOISE_MODES: tuple[str, ...] = ("gaussian", "antithetic", "quasi")
 # cosine of two 64..196-long non-negative vectors moves by far less than that in practice.
 BF16_TOLERANCE = 0.02
 
-# Tokens per gradient chunk that keep a CPU's caches warm (measured on the project's 2-core CPU
-# with the tiny presets: ~128 images × 65 tokens was ~3× faster than one batch of all B·n), and a
-# size that saturates a datacentre GPU. The memory budget caps both.
-_TARGET_TOKENS = {"cpu": 8192, "cuda": 65536}
+# Tokens per gradient chunk. CPU: keeps the working set in cache — measured on the project's
+# 2-core CPU with tiny-dino (65 tokens): 64-sample chunks ran ~10-15 % faster than 128 and
+# 256, and far faster than one batch of all B·n (see benchmarks/README.md). CUDA: large enough
+# to saturate a datacentre GPU (not measured here). The memory budget caps both.
+_TARGET_TOKENS = {"cpu": 4096, "cuda": 65536}
 
 _SOBOL_MAXDIM = torch.quasirandom.SobolEngine.MAXDIM
 
@@ -77,24 +82,9 @@ _SOBOL_MAXDIM = torch.quasirandom.SobolEngine.MAXDIM
 # geometry
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    num_prefix_tokens: int
-    grid: tuple[int, int]
-    num_layers: int
-    num_heads: int
-
-
-def _geometry(model: nn.Module) -> _Geometry:
-    """Reads the token layout from the model (never hard-coded)."""
-    blocks = _blocks(model)
-    grid = tuple(int(g) for g in model.patch_embed.grid_size)
-    return _Geometry(
-        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
-        grid=(grid[0], grid[1]),
-        num_layers=len(blocks),
-        num_heads=int(blocks[0].attn.num_heads),
-    )
+def _geometry(model: nn.Module) -> ModelGeometry:
+    """Reads the token layout from the model (never hard-coded); raises for unsupported models."""
+    return model_geometry(model)
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -236,7 +226,7 @@ def engine_cls_attention(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         ``(logits [B,C], cls_attn [B,L,H,P])``.
     """
     geo = _geometry(model)
-    with _eval_mode(model), torch.inference_mode(), _ClsRowTap(model, geo.num_prefix_tokens) as tap:
+    with eval_mode(model), torch.inference_mode(), _ClsRowTap(model, geo.num_prefix_tokens) as tap:
         logits = model(x)
         rows = tap.pop()
     return logits, rows
@@ -244,18 +234,6 @@ def engine_cls_attention(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 # --------------------------------------------------------------------------------------------
 # switches, restored on exit
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # SmoothGrad/attention are defined for the deterministic model: dropout/drop-path off
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
 
 
 @contextlib.contextmanager
@@ -282,32 +260,21 @@ def _autocast_ctx(device: torch.device, dtype: torch.dtype | str | None) -> cont
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _forward_fn(model: nn.Module, compile: bool) -> Callable[[Tensor], Tensor]:
+def _forward_fn(model: nn.Module, compile: bool | str) -> Callable[[Tensor], Tensor]:
     if not compile:
         return model
-    fn = _COMPILED.get(model)
+    backend = "inductor" if compile is True else str(compile)
+    per_model = _COMPILED.setdefault(model, {})
+    fn = per_model.get(backend)
     if fn is None:
         # static shapes: the chunk plan produces at most two distinct chunk sizes
-        fn = torch.compile(model, dynamic=False)
-        _COMPILED[model] = fn
+        fn = torch.compile(model, dynamic=False, backend=backend)
+        per_model[backend] = fn
     return fn
 
 
 # --------------------------------------------------------------------------------------------
 # noise streams
-
-
-def image_seeds(batch: int, generator: torch.Generator | None = None) -> Tensor:
-    """Per-image seeds of the SmoothGrad noise-stream contract (``ARCHITECTURE.md``).
-
-    Args:
-        batch: number of images ``B``.
-        generator: CPU generator; ``None`` draws from torch's global RNG.
-
-    Returns:
-        ``[B]`` int64 seeds in ``[0, 2**62)``.
-    """
-    return torch.randint(0, 2**62, (batch,), generator=generator)
 
 
 class _NoiseStream:
@@ -432,7 +399,7 @@ def saved_bytes_per_sample(
         return t
 
     xs = torch.zeros(2, *image_shape, device=device, requires_grad=True)
-    with _eval_mode(model), _frozen_params(model), torch.enable_grad(), _autocast_ctx(device, autocast):
+    with eval_mode(model), _frozen_params(model), torch.enable_grad(), _autocast_ctx(device, autocast):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(xs)
     del out
@@ -509,21 +476,6 @@ def _resolve_plan(
 # SmoothGrad
 
 
-def _resolve_target(target: int | Tensor | None, logits: Tensor | None, batch: int, device: torch.device) -> Tensor:
-    if target is None:
-        if logits is None:
-            raise ValueError("target=None needs the clean logits")
-        return logits.argmax(dim=-1).to(device)
-    if isinstance(target, int):
-        return torch.full((batch,), target, dtype=torch.long, device=device)
-    target = torch.as_tensor(target, dtype=torch.long, device=device).reshape(-1)
-    if target.numel() == 1 and batch != 1:
-        target = target.expand(batch)
-    if target.numel() != batch:
-        raise ValueError(f"target has {target.numel()} entries for {batch} images")
-    return target
-
-
 def smoothgrad_fast(
     model: nn.Module,
     x: Tensor,
@@ -537,7 +489,7 @@ def smoothgrad_fast(
     chunk_size: int | str | None = "auto",
     memory_budget: int | None = None,
     autocast: Any = None,
-    compile: bool = False,
+    compile: bool | str = False,
     grid: tuple[int, int] | None = None,
     checkpoints: Sequence[int] | None = None,
     return_pixels: bool = False,
@@ -558,7 +510,9 @@ def smoothgrad_fast(
         chunk_size: samples per gradient chunk, or ``"auto"`` (``auto_chunk_size``).
         memory_budget: bytes for ``"auto"``.
         autocast: e.g. ``torch.bfloat16`` to run the passes under autocast.
-        compile: ``torch.compile`` the forward used by the gradient passes.
+        compile: ``torch.compile`` the forward used by the gradient passes (``True`` = inductor,
+            or a backend name such as ``"eager"``). Compilation is cached per model; on CPU it
+            took minutes here for ~15 % gain, so it pays only for long sweeps.
         grid: patch grid for pooling; defaults to the model's.
         checkpoints: sample counts (each ≤ ``n_samples``) at which to also report the running
             mean — the estimate that ``n=k`` would give (prefixes of every noise mode are valid
@@ -570,11 +524,16 @@ def smoothgrad_fast(
         dict with ``patches`` ``[B,P]``, optionally ``pixels`` ``[B,H,W]``, ``checkpoints``
         ``{k: [B,P]}`` and the ``plan`` used.
     """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if noise_level < 0:
+        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
     B, C_in, Hh, Ww = x.shape
     device = x.device
     grid = grid or _geometry(model).grid
+    target = torch.as_tensor(target, dtype=torch.long, device=device).reshape(-1).expand(B)
     ph, pw = Hh // grid[0], Ww // grid[1]
-    seeds = image_seeds(B, generator) if seeds is None else torch.as_tensor(seeds, dtype=torch.long)
+    seeds = noise_seeds(B, generator) if seeds is None else torch.as_tensor(seeds, dtype=torch.long)
     if seeds.numel() != B:
         raise ValueError("need one seed per image")
     xd = x.detach()
@@ -600,7 +559,7 @@ def smoothgrad_fast(
 
         it = tqdm(it, desc="smoothgrad chunks", leave=False)
     start = 0
-    with _eval_mode(model), _frozen_params(model):
+    with eval_mode(model), _frozen_params(model):
         for ci in it:
             size = plan.sizes[ci]
             flat = torch.arange(start, start + size)
@@ -641,18 +600,6 @@ def smoothgrad_fast(
 # IA-Scores
 
 
-def _ia_score(patches: Tensor, cls_attn: Tensor) -> Tensor:
-    """Cosine of ``[B,P]`` attribution and ``[B,L,H,P]`` rows; NaN where the map is all zero."""
-    try:
-        from iavutils.scores import ia_score
-    except ImportError:  # the reference core not installed yet: same maths, no warning text
-        a = patches.float()[:, None, None, :]
-        c = cls_attn.float()
-        cos = (a * c).sum(-1) / (a.norm(dim=-1) * c.norm(dim=-1))
-        return torch.where(a.abs().sum(-1) == 0, torch.full_like(cos, float("nan")), cos)
-    return ia_score(patches, cls_attn)
-
-
 def iav_fast(
     model: nn.Module,
     x: Tensor,
@@ -663,7 +610,7 @@ def iav_fast(
     chunk_size: int | str | None = "auto",
     memory_budget: int | None = None,
     autocast: Any = None,
-    compile: bool = False,
+    compile: bool | str = False,
     *,
     seeds: Tensor | None = None,
     noise: str = "gaussian",
@@ -686,7 +633,7 @@ def iav_fast(
         chunk_size: samples per gradient chunk or ``"auto"``.
         memory_budget: bytes for the ``"auto"`` chunk (see ``auto_chunk_size``).
         autocast: autocast dtype (``torch.bfloat16`` on GPU); ``None`` = fp32.
-        compile: ``torch.compile`` the gradient-pass forward.
+        compile: ``torch.compile`` the gradient-pass forward (``True`` or a backend name).
         seeds: explicit ``[B]`` per-image seeds (overrides ``generator``).
         noise: ``"gaussian"`` | ``"antithetic"`` | ``"quasi"``.
         return_details: return a dict with ``iav``, ``target``, ``logits``, ``cls_attention``,
@@ -697,16 +644,17 @@ def iav_fast(
         ``[B,L,H]`` IA-Scores (or the dict above).
     """
     geo = _geometry(model)
+    check_input(model, x)
     device = x.device
     with _autocast_ctx(device, autocast):
         logits, rows = _clean_pass(model, x, geo)
-    tgt = _resolve_target(target, logits, x.shape[0], device)
+    tgt = resolve_target(target, logits)
     sg = smoothgrad_fast(
         model, x, tgt, n_samples, noise_level, generator, seeds=seeds, noise=noise,
         chunk_size=chunk_size, memory_budget=memory_budget, autocast=autocast, compile=compile,
         grid=geo.grid, progress=progress,
     )
-    scores = _ia_score(sg["patches"], rows)
+    scores = ia_score(sg["patches"], rows)
     if not return_details:
         return scores
     return {
@@ -715,13 +663,12 @@ def iav_fast(
     }
 
 
-def _clean_pass(model: nn.Module, x: Tensor, geo: _Geometry) -> tuple[Tensor, Tensor]:
+def _clean_pass(model: nn.Module, x: Tensor, geo: ModelGeometry) -> tuple[Tensor, Tensor]:
     attns = [blk.attn for blk in _blocks(model)]
     if all(_supports_cls_tap(a) for a in attns):
         return engine_cls_attention(model, x)
     # unknown attention module: fall back to the reference recorder (unfused, full maps)
-    from iavutils.hooks import record_attention
-    from iavutils.scores import cls_attention
+    from .hooks import record_attention
 
     with torch.inference_mode():
         logits, attn = record_attention(model, x)
@@ -794,7 +741,7 @@ def iav_dataset(
     chunk_size: int | str | None = "auto",
     memory_budget: int | None = None,
     autocast: Any = None,
-    compile: bool = False,
+    compile: bool | str = False,
     device: torch.device | str | None = None,
     images_per_call: int | None = None,
     progress: bool = True,
