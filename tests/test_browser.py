@@ -103,10 +103,38 @@ class _Page:
         self.context.close()
 
 
-def _visible_images(page: object) -> list[str]:
-    # Each pre-rendered composite is its own <img> (a blob URL); the stacks show one per model.
-    return page.eval_on_selector_all(
-        ".iav-explorer img", "els => els.filter(e => e.offsetParent !== null).map(e => e.src)")
+# Content digests of the composites on show: an <img>'s blob URL is not an identity (a view
+# may re-create it on every re-render), its bytes are.
+_DIGESTS_JS = """async () => {
+  const shown = [...document.querySelectorAll('.iav-explorer img')].filter(e => e.offsetParent !== null);
+  const out = [];
+  for (const img of shown) {
+    const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+    let h = 0;
+    for (let i = 0; i < bytes.length; i++) { h = (Math.imul(h, 31) + bytes[i]) >>> 0; }
+    out.push(bytes.length + ':' + h);
+  }
+  return out;
+}"""
+
+
+def _shown(page: object) -> list[str]:
+    """Digests of the composite images visible now (one per model in the explorer)."""
+    return page.evaluate(_DIGESTS_JS)
+
+
+def _wait_until(page: object, predicate: object, what: str, timeout_s: float = 20.0) -> list[str]:
+    """Poll :func:`_shown` until ``predicate(digests)`` holds; return the digests."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = _shown(page)
+        if predicate(now):
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: shown images {now}")
+        page.wait_for_timeout(100)
 
 
 def _press(page: object, slider_class: str, key: str, times: int = 1) -> str:
@@ -123,38 +151,29 @@ def _exercise_explorer(browser: object, url: str, screenshot: Path | None = None
         p.page.goto(url, wait_until="load")
         p.page.wait_for_selector(".iav-layer-slider .noUi-handle", state="visible")
         p.page.wait_for_selector(".iav-explorer img", state="visible")
-        start = _visible_images(p.page)
+        start = _shown(p.page)
         assert start, "the explorer shows no image"
 
-        layer = _press(p.page, "iav-layer-slider", "ArrowRight")
-        assert layer == "1"
-        p.page.wait_for_function(
-            "old => { const now = [...document.querySelectorAll('.iav-explorer img')]"
-            ".filter(e => e.offsetParent !== null).map(e => e.src); return now.join() !== old.join(); }",
-            arg=start)
-        after_layer = _visible_images(p.page)
-        assert len(after_layer) == len(start)
-        assert all(a != b for a, b in zip(start, after_layer)), "moving the layer slider changed no map"
+        assert _press(p.page, "iav-layer-slider", "ArrowRight") == "1"
+        after_layer = _wait_until(
+            p.page, lambda now: len(now) == len(start) and all(a != b for a, b in zip(now, start)),
+            "moving the layer slider must change every model's map")
 
-        head = _press(p.page, "iav-head-slider", "ArrowRight")
-        assert head == "1"
-        p.page.wait_for_function(
-            "old => { const now = [...document.querySelectorAll('.iav-explorer img')]"
-            ".filter(e => e.offsetParent !== null).map(e => e.src); return now.join() !== old.join(); }",
-            arg=after_layer)
-        after_head = _visible_images(p.page)
-        assert all(a != b for a, b in zip(after_layer, after_head)), "moving the head slider changed no map"
-        # The image shown is actually drawn (decoded, non-empty), not a broken link.
-        sizes = p.page.eval_on_selector_all(
+        assert _press(p.page, "iav-head-slider", "ArrowRight") == "1"
+        after_head = _wait_until(
+            p.page, lambda now: len(now) == len(start) and all(a != b for a, b in zip(now, after_layer)),
+            "moving the head slider must change every model's map")
+        assert after_head != start
+        # What is shown is drawn (decoded, non-empty), not a broken link.
+        widths = p.page.eval_on_selector_all(
             ".iav-explorer img", "els => els.filter(e => e.offsetParent !== null).map(e => e.naturalWidth)")
-        assert all(w > 50 for w in sizes), sizes
+        assert all(w > 50 for w in widths), widths
 
-        # Back to the start shows the start again: the sliders select, they do not recompute.
+        # Back at layer 0, head 0 the first images return: the sliders select pre-rendered
+        # views, nothing is recomputed (there is no kernel).
         _press(p.page, "iav-layer-slider", "ArrowLeft")
         _press(p.page, "iav-head-slider", "ArrowLeft")
-        p.page.wait_for_function(
-            "old => [...document.querySelectorAll('.iav-explorer img')]"
-            ".filter(e => e.offsetParent !== null).map(e => e.src).join() === old.join()", arg=start)
+        _wait_until(p.page, lambda now: now == start, "back at (0, 0) the first images must return")
         if screenshot is not None:
             _press(p.page, "iav-layer-slider", "ArrowRight", 2)
             _press(p.page, "iav-head-slider", "ArrowRight", 1)
