@@ -209,6 +209,26 @@ def _first_error(nb_path: Path) -> str:
     return ""
 
 
+def slowest_cells(nb_path: Path, k: int = 3) -> list[tuple[int, float, str]]:
+    """The ``k`` slowest cells of an executed notebook (papermill records each cell's duration).
+
+    Returns:
+        ``(cell index, seconds, first line of source)``, slowest first.
+    """
+    try:
+        nb = json.loads(Path(nb_path).read_text())
+    except (OSError, ValueError):
+        return []
+    rows = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        seconds = (cell.get("metadata", {}).get("papermill", {}) or {}).get("duration")
+        if cell.get("cell_type") == "code" and isinstance(seconds, (int, float)):
+            first = next((ln.strip() for ln in _source(cell).splitlines() if ln.strip()
+                          and not ln.strip().startswith("#")), "")
+            rows.append((i, float(seconds), first[:70]))
+    return sorted(rows, key=lambda r: -r[1])[:k]
+
+
 def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_dir: Path,
                   progress: bool = True, kernel_timeout: int | None = None) -> list[NotebookResult]:
     """Execute notebooks with papermill into ``<book_dir>/generated/``.
@@ -271,6 +291,10 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
               f"(elapsed {_fmt_minutes(elapsed)})", flush=True)
         if error:
             print(f"        {error}", flush=True)
+        # Where the time went, so that a chapter over its share of the budget is easy to fix.
+        for idx, sec, first in slowest_cells(out, k=2):
+            if sec >= 0.1 * seconds and sec >= 2:
+                print(f"        cell {idx:2d}: {sec:6.1f} s  {first}", flush=True)
     _write_timings(out_dir / "timings.json", results, parameters)
     _print_summary(results, time.perf_counter() - t_start)
     return results
