@@ -744,6 +744,7 @@ def iav_dataset(
     compile: bool | str = False,
     device: torch.device | str | None = None,
     images_per_call: int | None = None,
+    keep_cls_attention: bool = False,
     progress: bool = True,
 ) -> dict[str, Tensor]:
     """IAVs of a whole dataset (or the listed indices), for sweeps.
@@ -764,6 +765,7 @@ def iav_dataset(
         seed: base seed.
         device: where to compute; default the model's device.
         images_per_call: images handed to one engine call (default: enough for ~4 chunks).
+        keep_cls_attention: also return the ``[N,L,H,P]`` CLS rows (large for big sweeps).
         progress: tqdm over images.
 
     Returns:
@@ -796,7 +798,8 @@ def iav_dataset(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="IAV", unit="img")
-    outs: dict[str, list[Tensor]] = {k: [] for k in ("iav", "targets", "preds", "labels", "indices", "seeds", "cls_attention", "attribution")}
+    keys = ["iav", "targets", "preds", "labels", "indices", "seeds", "attribution"]
+    outs: dict[str, list[Tensor]] = {k: [] for k in keys + (["cls_attention"] if keep_cls_attention else [])}
     done = 0
     try:
         for xb, yb, ib in _iter_batches(dataset_or_loader, indices, images_per_call):
@@ -824,7 +827,8 @@ def iav_dataset(
             outs["labels"].append(yb.cpu())
             outs["indices"].append(ib.cpu())
             outs["seeds"].append(seeds)
-            outs["cls_attention"].append(det["cls_attention"].float().cpu())
+            if keep_cls_attention:
+                outs["cls_attention"].append(det["cls_attention"].float().cpu())
             outs["attribution"].append(det["attribution"].cpu())
             done += len(ib)
             if bar is not None:
