@@ -320,10 +320,10 @@ def run_summary(presets: Iterable[str], dataset: str, run_dir: str | os.PathLike
         if not hist.empty:
             last = hist.sort_values("epoch").iloc[-1]
             if "val_acc" in hist:
-                row["initial val accuracy (%)"] = 100 * float(hist.sort_values("epoch")["val_acc"].iloc[0])
-                row["final val accuracy (%)"] = 100 * float(last["val_acc"])
+                row["initial val accuracy (%)"] = round(100 * float(hist.sort_values("epoch")["val_acc"].iloc[0]), 1)
+                row["final val accuracy (%)"] = round(100 * float(last["val_acc"]), 1)
             if "seconds" in hist:
-                row["training time (s)"] = float(hist["seconds"].fillna(0).sum())
+                row["training time (s)"] = round(float(hist["seconds"].fillna(0).sum()), 1)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -684,7 +684,7 @@ def robustness_curves(
     dataset: str = "embedded",
     *,
     run_dir: str | os.PathLike | None = "",
-    num_eval: int = 512,
+    num_eval: int | None = None,
     blur_degrees: Sequence[float] = BLUR_DEGREES,
     jigsaw_swaps_2: Sequence[int] | None = None,
     jigsaw_swaps_grid: Sequence[int] | None = None,
@@ -722,7 +722,7 @@ def robustness_curves(
         s2 = list(jigsaw_swaps_2) if jigsaw_swaps_2 is not None else _jigsaw_swaps(4)
         sg = list(jigsaw_swaps_grid) if jigsaw_swaps_grid is not None else _jigsaw_swaps(g * g)
         key = {"v": _VERSION, "preset": p, "dataset": dataset, "epoch": epoch, "checkpoint": checkpoint_fingerprint(path),
-               "num_eval": int(num_eval), "seed": int(seed), "blur": [float(d) for d in blur_degrees],
+               "num_eval": int(num_eval or 0), "seed": int(seed), "blur": [float(d) for d in blur_degrees],
                "jigsaw2": s2, "jigsawg": sg}
 
         def compute() -> dict[str, Tensor]:

@@ -116,7 +116,7 @@ recipe = ""  # "": "tiny" for embedded presets, "paper" otherwise''', analysis=F
 for p in presets:
     ex.ensure_finetuned(p, dataset, run, recipe=recipe or None, epochs=epochs, max_train=max_train, device=device)
 models = ex.models_in_run(presets, dataset, run)
-display(ex.run_summary(models, dataset, run).round(2))
+display(ex.run_summary(models, dataset, run))
 '''),
         md('''
 ## Validation accuracy per epoch (paper Fig. 3a)
@@ -155,7 +155,7 @@ of the patch-grid variant are exactly the model's patches (grid read from the mo
 randomness is seeded and identical for every model.
 '''),
         parameters('''
-num_eval = 500  # held-out images for the accuracies (0 = the whole split)''', analysis=False),
+num_eval = 0  # held-out images for the accuracies (0 = the whole split)''', analysis=False),
         setup(analysis=False),
         md('''
 ## Accuracy of the last checkpoint
