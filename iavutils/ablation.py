@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -334,11 +335,18 @@ def group_ablation(
     return out
 
 
+def _as_float64(v: Any) -> Tensor:
+    """Tensor or array-like (also read-only numpy views from pandas) → float64 tensor copy."""
+    if isinstance(v, Tensor):
+        return v.detach().cpu().double()
+    return torch.tensor(np.asarray(v, dtype=np.float64))
+
+
 def rank_correlation(a: Tensor, b: Tensor) -> dict[str, float]:
     """Spearman rank correlation of two per-head quantities, ignoring NaN pairs.
 
     Args:
-        a: Any shape (e.g. ``[L,H]`` logit drop).
+        a: Any shape (e.g. ``[L,H]`` logit drop); tensor or array-like.
         b: Same shape (e.g. ``[L,H]`` global-IAV).
 
     Returns:
@@ -347,8 +355,8 @@ def rank_correlation(a: Tensor, b: Tensor) -> dict[str, float]:
     """
     from scipy.stats import spearmanr
 
-    x = torch.as_tensor(a, dtype=torch.float64).flatten()
-    y = torch.as_tensor(b, dtype=torch.float64).flatten()
+    x = _as_float64(a).flatten()
+    y = _as_float64(b).flatten()
     ok = torch.isfinite(x) & torch.isfinite(y)
     n = int(ok.sum())
     if n < 3 or x[ok].unique().numel() < 2 or y[ok].unique().numel() < 2:
@@ -361,8 +369,8 @@ def head_group_comparison(drop: Tensor, high_ia: Tensor) -> dict[str, float]:
     """Compare the single-head drops of Low-IA and High-IA heads (Mann–Whitney U).
 
     Args:
-        drop: ``[L,H]`` per-head drop.
-        high_ia: ``[L,H]`` bool head types.
+        drop: ``[L,H]`` (or flat) per-head drop; tensor or array-like.
+        high_ia: Same shape, bool head types.
 
     Returns:
         ``{"mean_low", "mean_high", "n_low", "n_high", "p_value"}`` (two-sided; NaN if a group
@@ -370,8 +378,8 @@ def head_group_comparison(drop: Tensor, high_ia: Tensor) -> dict[str, float]:
     """
     from scipy.stats import mannwhitneyu
 
-    d = torch.as_tensor(drop, dtype=torch.float64)
-    hi = high_ia.bool()
+    d = _as_float64(drop)
+    hi = _as_float64(high_ia) > 0.5
     lo_v, hi_v = d[~hi & torch.isfinite(d)], d[hi & torch.isfinite(d)]
     p = float("nan")
     if lo_v.numel() and hi_v.numel():
@@ -438,7 +446,7 @@ def ablation_scores(
 
 # --------------------------------------------------------------------------- cached experiment
 
-_ABLATION_VERSION = 1
+_ABLATION_VERSION = 2
 
 
 def run_head_ablation(
@@ -482,8 +490,9 @@ def run_head_ablation(
 
     Returns:
         ``ia`` ``[L,H]`` (global-IAV), ``high_ia`` ``[L,H]`` (bool as float), ``gmar_weight``
-        ``[L,H]``, ``single.*`` (:func:`head_ablation`, without per-image tensors) and
-        ``group.*`` (:func:`group_ablation`).
+        ``[L,H]``, ``single.*`` (:func:`head_ablation`, without per-image tensors),
+        ``group.*`` (:func:`group_ablation` with the paper's head types) and ``rgroup.*`` (with
+        the relative split ``high_rel``: global-IAV above the model's median over its heads).
     """
     from . import experiments as ex
     from .scores import global_iav, head_types
@@ -517,7 +526,13 @@ def run_head_ablation(
         xy = (data["x"].to(dev), data["y"].to(dev))
         single = head_ablation(model, xy, mode=mode, progress=progress)
         groups = group_ablation(model, xy, high, mode=mode, progress=progress)
-        out = {"ia": global_iav(iavs).float(), "high_ia": high.float(), "gmar_weight": gmar_w.float()}
+        ia = global_iav(iavs)
+        # The paper's 0.5 threshold can leave a model without Low-IA heads; the relative split
+        # (above / at-or-below the model's median global-IAV) always has both kinds.
+        rel_high = ia > torch.nanquantile(ia.flatten(), 0.5)
+        rgroups = group_ablation(model, xy, rel_high, mode=mode, progress=progress)
+        out = {"ia": ia.float(), "high_ia": high.float(), "high_rel": rel_high.float(), "gmar_weight": gmar_w.float()}
+        out.update({f"rgroup.{k}": v.float() for k, v in rgroups.items()})
         for k in ("accuracy", "logit", "accuracy_drop", "logit_drop"):
             out[f"single.{k}"] = single[k].float()
         out.update({f"group.{k}": v.float() for k, v in groups.items()})
@@ -533,8 +548,8 @@ def ablation_frame(results: dict[str, dict[str, Tensor]]) -> Any:
         results: ``{model: run_head_ablation(...)}``.
 
     Returns:
-        ``pandas.DataFrame`` with ``model, layer (1-based), head, ia, high_ia, gmar_weight,
-        accuracy_drop (percentage points), logit_drop``.
+        ``pandas.DataFrame`` with ``model, layer (1-based), head, ia, high_ia, high_rel,
+        gmar_weight, accuracy_drop (percentage points), logit_drop``.
     """
     import pandas as pd
 
@@ -545,7 +560,9 @@ def ablation_frame(results: dict[str, dict[str, Tensor]]) -> Any:
             for h in range(H):
                 rows.append({
                     "model": name, "layer": l + 1, "head": h, "ia": float(r["ia"][l, h]),
-                    "high_ia": bool(r["high_ia"][l, h] > 0.5), "gmar_weight": float(r["gmar_weight"][l, h]),
+                    "high_ia": bool(r["high_ia"][l, h] > 0.5),
+                    "high_rel": bool(r["high_rel"][l, h] > 0.5) if "high_rel" in r else None,
+                    "gmar_weight": float(r["gmar_weight"][l, h]),
                     "accuracy_drop": 100.0 * float(r["single.accuracy_drop"][l, h]),
                     "logit_drop": float(r["single.logit_drop"][l, h]),
                 })
