@@ -410,8 +410,10 @@ def vendor_assets(book_dir: Path, force: bool = False) -> Path:
             raise SystemExit(f"npm ci failed in {ASSETS_DIR} (exit {proc.returncode})")
         installed_stamp.write_text(digest)
 
-    tmp = dest.with_name(f".vendor.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Leftovers of an interrupted copy would be published with the site: clear them first.
+    for stale in dest.parent.glob(".npm.*") if dest.parent.exists() else ():
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = dest.with_name(f".npm.{os.getpid()}.tmp")
     tmp.mkdir(parents=True)
     for src_rel, dst_rel, skip in VENDORED:
         src = modules / src_rel
@@ -424,7 +426,7 @@ def vendor_assets(book_dir: Path, force: bool = False) -> Path:
     (tmp / VENDOR_STAMP).write_text(json.dumps({"package_lock_sha256": digest, **versions},
                                                indent=2))
     # Swap the whole folder in one step so a concurrent build never sees a half copy.
-    old = dest.with_name(f".vendor.{os.getpid()}.old")
+    old = dest.with_name(f".npm.{os.getpid()}.old")
     if dest.exists():
         os.replace(dest, old)
     os.replace(tmp, dest)
