@@ -52,6 +52,8 @@ SMALL_PARAMETERS: dict[str, Any] = {
     "epochs": 1,  # finetuning epochs (checkpoints 0 and 1)
     "max_train": 128,  # finetuning images
     "num_eval": 64,  # images for accuracies
+    "ablation_images": 32,  # images each head ablation is measured on
+    "num_permutations": 100,  # Monte Carlo permutations (exact tests enumerate anyway)
 }
 
 # Files the site serves itself, copied from tools/book-assets/node_modules into
