@@ -201,13 +201,14 @@ def declared_parameters(notebook: Path) -> set[str]:
 def _first_error(nb_path: Path) -> str:
     """One line naming the first error output of an executed notebook."""
     try:
-        nb = json.loads(nb_path.read_text())
+        nb = json.loads(Path(nb_path).read_text())
     except (OSError, ValueError):
         return "no output notebook"
     for i, cell in enumerate(nb.get("cells", [])):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
-                return f"cell {i}: {out.get('ename')}: {str(out.get('evalue'))[:200]}"
+                return (f"In [{cell.get('execution_count')}] (cell {i}): {out.get('ename')}: "
+                        f"{str(out.get('evalue'))[:200]}")
     return ""
 
 
@@ -215,19 +216,19 @@ def slowest_cells(nb_path: Path, k: int = 3) -> list[tuple[int, float, str]]:
     """The ``k`` slowest cells of an executed notebook (papermill records each cell's duration).
 
     Returns:
-        ``(cell index, seconds, first line of source)``, slowest first.
+        ``(execution count, seconds, first line of source)``, slowest first.
     """
     try:
         nb = json.loads(Path(nb_path).read_text())
     except (OSError, ValueError):
         return []
     rows = []
-    for i, cell in enumerate(nb.get("cells", [])):
+    for cell in nb.get("cells", []):
         seconds = (cell.get("metadata", {}).get("papermill", {}) or {}).get("duration")
         if cell.get("cell_type") == "code" and isinstance(seconds, (int, float)):
             first = next((ln.strip() for ln in _source(cell).splitlines() if ln.strip()
                           and not ln.strip().startswith("#")), "")
-            rows.append((i, float(seconds), first[:70]))
+            rows.append((cell.get("execution_count") or 0, float(seconds), first[:70]))
     return sorted(rows, key=lambda r: -r[1])[:k]
 
 
@@ -280,7 +281,7 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
                 request_save_on_cell_execute=True, execution_timeout=kernel_timeout,
             )
         except papermill.PapermillExecutionError as exc:
-            ok, error = False, f"cell {exc.exec_count}: {exc.ename}: {str(exc.evalue)[:200]}"
+            ok, error = False, f"In [{exc.exec_count}]: {exc.ename}: {str(exc.evalue)[:200]}"
         except Exception as exc:  # kernel death, timeout, bad notebook: still report and go on
             ok, error = False, f"{type(exc).__name__}: {str(exc)[:200]}"
         if ok and (found := _first_error(out)):
@@ -296,7 +297,7 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
         # Where the time went, so that a chapter over its share of the budget is easy to fix.
         for idx, sec, first in slowest_cells(out, k=2):
             if sec >= 0.1 * seconds and sec >= 2:
-                print(f"        cell {idx:2d}: {sec:6.1f} s  {first}", flush=True)
+                print(f"        In [{idx}] {sec:6.1f} s  {first}", flush=True)
     _write_timings(out_dir / "timings.json", results, parameters)
     _print_summary(results, time.perf_counter() - t_start)
     return results
