@@ -566,7 +566,7 @@ def build_explorer(
         model: a preset or comma-separated presets (``"tiny"``/``"real"`` expand).
         run_dir: the run directory (``""``: the default, see
             :func:`iavutils.experiments.resolve_run_dir`).
-        dataset: ``"embedded"`` or ``"cifar10"``.
+        dataset: ``"embedded"``, ``"cifar10"`` or ``"auto"`` (embedded for tiny presets).
         image_index: image(s) of the held-out split: an int or ``"0,5,9"``.
         n_samples: SmoothGrad samples.
         noise_level: SmoothGrad noise level.
@@ -586,6 +586,7 @@ def build_explorer(
     from . import experiments as ex
 
     presets = ex.parse_models(model)
+    dataset = ex.resolve_dataset(dataset, presets)
     if include_run_models:
         presets = ex.models_in_run(presets, dataset, run_dir)
     indices = parse_indices(image_index)
