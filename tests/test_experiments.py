@@ -237,7 +237,7 @@ def test_sections_and_figures(run_dir: Path) -> None:
     rob = ex.robustness_curves(models, "embedded", run_dir=run_dir, num_eval=16, blur_degrees=(0.0, 1.0),
                                device="cpu", progress=False)
     assert set(rob["shift_kind"]) == {"blur", "jigsaw-2", "jigsaw-grid"}
-    assert set(rob[rob["shift_kind"] == "jigsaw-grid"]["level"]) == {0, 1, 2, 4, 8, 16, 32, 64}
+    assert set(rob[rob["shift_kind"] == "jigsaw-grid"]["level"]) == {0, 1, 4, 16, 64}
     clean = rob[rob["level"] == 0].groupby("model")["accuracy"].nunique()
     assert (clean == 1).all(), "every shift's level 0 is the same clean accuracy"
     plots.robustness_curves(rob)

@@ -155,13 +155,14 @@ of the patch-grid variant are exactly the model's patches (grid read from the mo
 randomness is seeded and identical for every model.
 '''),
         parameters('''
-num_eval = 0  # held-out images for the accuracies (0 = the whole split)''', analysis=False),
+num_eval = 500  # held-out images for the accuracies under shift (0 = the whole split)''', analysis=False),
         setup(analysis=False),
         md('''
 ## Accuracy of the last checkpoint
 '''),
         code('''
-display(ex.accuracy_table(models, dataset, run_dir=run, num_eval=num_eval, seed=seed, device=device).round(1))
+# Clean accuracy on the whole held-out split(s).
+display(ex.accuracy_table(models, dataset, run_dir=run, seed=seed, device=device).round(1))
 '''),
         md('''
 ## Accuracy under distribution shift (paper Fig. 3b–d)
