@@ -1,0 +1,95 @@
+"""The head explorer's pieces: numbers from the core functions, small PNGs, jslink-only wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import iavutils as iu
+from iavutils import explorer
+
+
+def _maps(L: int = 3, H: int = 2, size: int = 32, grid: int = 4, preset: str = "m") -> explorer.HeadMaps:
+    rng = np.random.default_rng(0)
+    scores = rng.random((L, H))
+    scores[0, 1] = np.nan  # an undefined score must render, not crash
+    return explorer.HeadMaps(
+        preset=preset, image_index=3, image=rng.random((size, size, 3)), label=1, prediction=2, target=1,
+        smoothgrad=rng.random((size, size)), cls_attn=rng.random((L, H, grid, grid)), scores=scores,
+        class_names=("a", "b", "c"), pretraining="supervised", n_samples=4, noise_level=0.15)
+
+
+def test_compute_head_maps_is_the_core_ia_score() -> None:
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                              num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    r = explorer.compute_head_maps(model, x, target=1, n_samples=3, noise_level=0.1, seed=5)
+    assert r["scores"].shape == (2, 2) and r["cls_attn"].shape == (2, 2, 16)
+    assert r["smoothgrad"].shape == (32, 32) and int(r["target"]) == 1
+
+    _, attn = iu.record_attention(model, x)
+    sg = iu.smoothgrad(model, x, 1, n_samples=3, noise_level=0.1, generator=torch.Generator().manual_seed(5))
+    expected = iu.ia_score(iu.patch_pool(sg, (4, 4)), iu.cls_attention(attn, 1))[0]
+    torch.testing.assert_close(r["scores"], expected)
+    torch.testing.assert_close(r["smoothgrad"], sg[0])
+
+
+def test_composites_are_small_distinct_pngs() -> None:
+    m = _maps()
+    pngs = explorer.render_composites(m, panel_px=100)
+    assert len(pngs) == m.num_layers and all(len(row) == m.num_heads for row in pngs)
+    flat = [b for row in pngs for b in row]
+    assert all(b.startswith(b"\x89PNG\r\n\x1a\n") for b in flat)
+    assert max(len(b) for b in flat) < 25_000
+    assert len(set(flat)) == len(flat), "every (layer, head) must show its own view"
+
+
+def test_widget_is_wired_with_jslink_only() -> None:
+    import ipywidgets as w
+
+    maps = [_maps(preset="a"), _maps(preset="b")]
+    pngs = [explorer.render_composites(m, panel_px=60) for m in maps]
+    box = explorer.explorer_widget(maps, pngs)
+    links = box._iav_links
+    from ipywidgets.widgets.widget_link import Link
+
+    assert all(isinstance(link, Link) for link in links)
+    layer_links = [k for k in links if k.source[0].description == "layer"]
+    head_links = [k for k in links if k.source[0].description == "head"]
+    # One layer link per model (its outer stack), one head link per (model, layer) inner stack.
+    assert len(layer_links) == 2 and len(head_links) == 2 * 3
+    assert {k.target[1] for k in links} == {"selected_index"}
+    sliders = {k.source[0] for k in links}
+    assert len(sliders) == 2, "models with the same L x H share one pair of sliders"
+    for slider in sliders:
+        # No Python callbacks: they would do nothing in the static book.
+        notifiers = slider._trait_notifiers.get("value", {}).get("change", [])
+        assert not [n for n in notifiers if getattr(n, "__self__", None) is not slider]
+    outer = layer_links[0].target[0]
+    assert isinstance(outer, w.Stack) and len(outer.children) == 3
+    assert all(isinstance(inner, w.Stack) and len(inner.children) == 2 for inner in outer.children)
+
+
+def test_several_images_get_a_linked_picker() -> None:
+    import ipywidgets as w
+
+    a, b = _maps(), _maps()
+    b.image_index = 7
+    box = explorer.explorer_widget([a, b], [explorer.render_composites(m, panel_px=50) for m in (a, b)])
+    pickers = [k for k in box._iav_links if isinstance(k.source[0], w.ToggleButtons)]
+    assert len(pickers) == 1 and pickers[0].source[1] == "index"
+
+
+def test_top_heads_skips_undefined_scores() -> None:
+    m = _maps()
+    table = explorer.top_heads([m], k=10)
+    assert len(table) == m.num_layers * m.num_heads - 1  # the NaN head is left out
+    assert list(table["IA-Score"]) == sorted(table["IA-Score"], reverse=True)
+
+
+@pytest.mark.parametrize("raw, expected", [(3, [3]), ("3", [3]), ("0, 5,5,9", [0, 5, 9]), ([2, 1], [2, 1])])
+def test_parse_indices(raw: object, expected: list[int]) -> None:
+    assert explorer.parse_indices(raw) == expected
