@@ -12,7 +12,7 @@ show through nested ``widgets.Stack``\\ s (outer over layers, inner over heads) 
 book (papermill saves the widget state, the offline widget manager replays it) as in
 JupyterLab. Python callbacks (``observe``/``interact``) would do nothing in the book.
 
-Layers and heads are numbered from 0 (the slider value is the stack index).
+Numbering follows the rest of the book: layers from 1 (as in the paper), heads from 0.
 
 The module is split in three layers, each usable alone:
 
@@ -365,7 +365,7 @@ def render_composites(maps: HeadMaps, panel_px: int = 130, colors: int = 256) ->
     ax_iav.set_ylabel("layer", labelpad=1, **small)
     step_h, step_l = max(1, H // 6), max(1, L // 6)
     ax_iav.set_xticks(range(0, H, step_h))
-    ax_iav.set_yticks(range(0, L, step_l))
+    ax_iav.set_yticks(range(0, L, step_l), [str(l + 1) for l in range(0, L, step_l)])
     ax_iav.tick_params(labelsize=6, length=2, pad=1)
     cbar = fig.colorbar(im, ax=ax_iav, fraction=0.08, pad=0.04)
     cbar.ax.tick_params(labelsize=6, length=2, pad=1)
@@ -388,7 +388,7 @@ def render_composites(maps: HeadMaps, panel_px: int = 130, colors: int = 256) ->
             canvas.restore_region(background)
             att.set_data(_normalise(_upsample(maps.cls_attn[layer, head], size)))
             box.set_xy((head - 0.5, layer - 0.5))
-            title.set_text(f"{maps.preset} · layer {layer} · head {head} · "
+            title.set_text(f"{maps.preset} · layer {layer + 1} · head {head} · "
                            f"IA-Score {_score_text(float(maps.scores[layer, head]))}")
             ax_att.draw_artist(att)
             ax_iav.draw_artist(box)
@@ -428,13 +428,14 @@ def summary_figure(all_maps: Sequence[HeadMaps]) -> Any:
         row[2].imshow(gray, cmap="gray", vmin=0, vmax=1)
         row[2].imshow(_normalise(_upsample(m.cls_attn[bl, bh], m.image.shape[:2])), cmap="inferno",
                       alpha=0.6)
-        row[2].set_title(f"best head: layer {bl}, head {bh}\nIA-Score {_score_text(m.scores[bl, bh])}",
+        row[2].set_title(f"best head: layer {bl + 1}, head {bh}\nIA-Score {_score_text(m.scores[bl, bh])}",
                          fontsize=8)
         for ax in row[:3]:
             ax.set_xticks([])
             ax.set_yticks([])
         im = row[3].imshow(np.ma.masked_invalid(m.scores), cmap="viridis", vmin=0, vmax=1,
                            aspect="auto")
+        row[3].set_yticks(range(m.num_layers), [str(l + 1) for l in range(m.num_layers)])
         row[3].set_xlabel("head", fontsize=8)
         row[3].set_ylabel("layer", fontsize=8)
         row[3].set_title("IAV (IA-Score per head)", fontsize=8)
@@ -463,7 +464,7 @@ def top_heads(all_maps: Sequence[HeadMaps], k: int = 3) -> Any:
             if not np.isfinite(flat[j]):
                 break
             layer, head = divmod(int(j), m.num_heads)
-            rows.append({"model": m.preset, "image": m.image_index, "rank": rank, "layer": layer,
+            rows.append({"model": m.preset, "image": m.image_index, "rank": rank, "layer": layer + 1,
                          "head": head, "IA-Score": round(float(flat[j]), 3)})
     return pd.DataFrame(rows).set_index(["model", "image", "rank"])
 
@@ -505,7 +506,9 @@ def explorer_widget(all_maps: Sequence[HeadMaps], pngs: Sequence[Sequence[Sequen
 
     sections = []
     for (L, H), members in groups.items():
-        layer = w.IntSlider(value=0, min=0, max=L - 1, description="layer",
+        # Layers count from 1 like every figure of the book; jslink copies the value verbatim,
+        # so each outer stack gets a never-selected placeholder at index 0.
+        layer = w.IntSlider(value=1, min=1, max=L, description="layer",
                             continuous_update=True, layout=w.Layout(width="320px"))
         head = w.IntSlider(value=0, min=0, max=H - 1, description="head",
                            continuous_update=True, layout=w.Layout(width="320px"))
@@ -525,7 +528,7 @@ def explorer_widget(all_maps: Sequence[HeadMaps], pngs: Sequence[Sequence[Sequen
                         selected_index=0)
                     links.append(w.jslink((head, "value"), (inner, "selected_index")))
                     outer_children.append(inner)
-                outer = w.Stack(outer_children, selected_index=0)
+                outer = w.Stack([w.Box(), *outer_children], selected_index=1)
                 outer.add_class("iav-head-stack")
                 links.append(w.jslink((layer, "value"), (outer, "selected_index")))
                 rows.append(w.VBox([w.HTML(_caption(all_maps[i])), outer]))

@@ -154,12 +154,12 @@ def _exercise_explorer(browser: object, url: str, screenshot: Path | None = None
         start = _shown(p.page)
         assert start, "the explorer shows no image"
 
-        assert _press(p.page, "iav-layer-slider", "ArrowRight") == "1"
+        assert _press(p.page, "iav-layer-slider", "ArrowRight") == "2"  # layers count from 1
         after_layer = _wait_until(
             p.page, lambda now: len(now) == len(start) and all(a != b for a, b in zip(now, start)),
             "moving the layer slider must change every model's map")
 
-        assert _press(p.page, "iav-head-slider", "ArrowRight") == "1"
+        assert _press(p.page, "iav-head-slider", "ArrowRight") == "1"  # heads from 0
         after_head = _wait_until(
             p.page, lambda now: len(now) == len(start) and all(a != b for a, b in zip(now, after_layer)),
             "moving the head slider must change every model's map")
@@ -169,11 +169,11 @@ def _exercise_explorer(browser: object, url: str, screenshot: Path | None = None
             ".iav-explorer img", "els => els.filter(e => e.offsetParent !== null).map(e => e.naturalWidth)")
         assert all(w > 50 for w in widths), widths
 
-        # Back at layer 0, head 0 the first images return: the sliders select pre-rendered
+        # Back at layer 1, head 0 the first images return: the sliders select pre-rendered
         # views, nothing is recomputed (there is no kernel).
         _press(p.page, "iav-layer-slider", "ArrowLeft")
         _press(p.page, "iav-head-slider", "ArrowLeft")
-        _wait_until(p.page, lambda now: now == start, "back at (0, 0) the first images must return")
+        _wait_until(p.page, lambda now: now == start, "back at layer 1, head 0 the first images must return")
         if screenshot is not None:
             _press(p.page, "iav-layer-slider", "ArrowRight", 2)
             _press(p.page, "iav-head-slider", "ArrowRight", 1)

@@ -68,9 +68,12 @@ def test_widget_is_wired_with_jslink_only() -> None:
         # No Python callbacks: they would do nothing in the static book.
         notifiers = slider._trait_notifiers.get("value", {}).get("change", [])
         assert not [n for n in notifiers if getattr(n, "__self__", None) is not slider]
+    layer = layer_links[0].source[0]
+    assert (layer.min, layer.max, layer.value) == (1, 3, 1), "layers count from 1, like the book's figures"
     outer = layer_links[0].target[0]
-    assert isinstance(outer, w.Stack) and len(outer.children) == 3
-    assert all(isinstance(inner, w.Stack) and len(inner.children) == 2 for inner in outer.children)
+    # Index 0 is a placeholder the slider never selects; index l is layer l.
+    assert isinstance(outer, w.Stack) and len(outer.children) == 3 + 1 and outer.selected_index == 1
+    assert all(isinstance(inner, w.Stack) and len(inner.children) == 2 for inner in outer.children[1:])
 
 
 def test_several_images_get_a_linked_picker() -> None:
@@ -87,6 +90,7 @@ def test_top_heads_skips_undefined_scores() -> None:
     m = _maps()
     table = explorer.top_heads([m], k=10)
     assert len(table) == m.num_layers * m.num_heads - 1  # the NaN head is left out
+    assert table["layer"].min() >= 1
     assert list(table["IA-Score"]) == sorted(table["IA-Score"], reverse=True)
 
 
