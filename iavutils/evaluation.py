@@ -289,8 +289,8 @@ def perturbation_curve(
 
     labels = labels.to(x.device).long()
     correct = torch.zeros(len(fr), B)
-    # Forward (fraction, image) pairs in batches of `batch_size`: the tiny models are
-    # dispatch-bound, so few large forwards beat one small forward per fraction.
+    # Forward (fraction, image) pairs in batches of `batch_size`: a few large forwards amortise
+    # the per-call overhead that one small forward per fraction pays again and again.
     pairs = [(i, b) for i in range(len(fr)) for b in range(B)]
     count_of = torch.tensor(counts, device=x.device)
     x01_all = x * std_t + mean_t
