@@ -31,6 +31,7 @@ Options for accelerators: ``autocast=torch.bfloat16`` (scores stay within
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import weakref
@@ -257,20 +258,92 @@ def _autocast_ctx(device: torch.device, dtype: torch.dtype | str | None) -> cont
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def _threads(num_threads: int | None) -> Iterator[None]:
+    # intra-op threads for CPU passes; on an oversubscribed (shared) CPU one thread per process
+    # avoids OpenMP barrier stalls — measured up to ~4x faster here (benchmarks/README.md)
+    if not num_threads:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _forward_fn(model: nn.Module, compile: bool | str) -> Callable[[Tensor], Tensor]:
+    base: Callable[[Tensor], Tensor] = model
+    if _can_trim_last_block(model):
+        base = functools.partial(_prefix_only_forward, model)
     if not compile:
-        return model
+        return base
     backend = "inductor" if compile is True else str(compile)
     per_model = _COMPILED.setdefault(model, {})
     fn = per_model.get(backend)
     if fn is None:
         # static shapes: the chunk plan produces at most two distinct chunk sizes
-        fn = torch.compile(model, dynamic=False, backend=backend)
+        fn = torch.compile(base, dynamic=False, backend=backend)
         per_model[backend] = fn
     return fn
+
+
+def _can_trim_last_block(model: nn.Module) -> bool:
+    """True for timm ViTs whose logits read only the prefix tokens of the last block.
+
+    With ``global_pool="token"`` (ViT, DINO, DeiT, registers) or the distilled head, the logits
+    depend on the last block's output at the prefix tokens only, so its attention needs queries
+    for those rows alone and its MLP runs on ``T`` tokens instead of ``N``. Only the unmodified
+    timm classes qualify (a subclass may override any of these methods).
+    """
+    try:
+        from timm.layers import Attention as TimmAttention
+        from timm.models.deit import VisionTransformerDistilled
+        from timm.models.vision_transformer import Block, VisionTransformer
+    except ImportError:  # pragma: no cover
+        return False
+    if type(model) not in (VisionTransformer, VisionTransformerDistilled):
+        return False
+    if getattr(model, "global_pool", None) != "token" or getattr(model, "attn_pool", None) is not None:
+        return False
+    if getattr(model, "grad_checkpointing", False):
+        return False
+    blk = model.blocks[-1]
+    return type(blk) is Block and type(blk.attn) is TimmAttention
+
+
+def _prefix_only_forward(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)`` for a ``_can_trim_last_block`` model, computing the last block on prefix rows."""
+    T = model.num_prefix_tokens
+    h = model.patch_embed(x)
+    h = model._pos_embed(h)
+    h = model.patch_drop(h)
+    h = model.norm_pre(h)
+    blocks = model.blocks
+    for blk in blocks[:-1]:
+        h = blk(h)
+    blk = blocks[-1]
+    a = blk.attn
+    B, N, D = h.shape
+    H, dh, A = a.num_heads, a.head_dim, a.attn_dim
+    n1 = blk.norm1(h)
+    w, b = a.qkv.weight, a.qkv.bias
+    q = F.linear(n1[:, :T], w[:A], None if b is None else b[:A]).view(B, T, H, dh).transpose(1, 2)
+    kv = F.linear(n1, w[A:], None if b is None else b[A:]).view(B, N, 2, H, dh).permute(2, 0, 3, 1, 4)
+    k, v = kv.unbind(0)
+    q, k = a.q_norm(q), a.k_norm(k)
+    o = F.scaled_dot_product_attention(q, k, v)  # [B,H,T,dh]; same maths as the fused path
+    o = a.norm(o.transpose(1, 2).reshape(B, T, A))
+    if a.gate is not None:
+        o = o * a.gate(n1[:, :T]).sigmoid()
+    o = a.proj(o)
+    y = h[:, :T] + blk.drop_path1(blk.ls1(o))
+    y = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
+    return model.forward_head(model.norm(y))
 
 
 # --------------------------------------------------------------------------------------------
@@ -614,6 +687,7 @@ def iav_fast(
     *,
     seeds: Tensor | None = None,
     noise: str = "gaussian",
+    num_threads: int | None = None,
     return_details: bool = False,
     progress: bool = False,
 ) -> Tensor | dict[str, Any]:
@@ -636,6 +710,8 @@ def iav_fast(
         compile: ``torch.compile`` the gradient-pass forward (``True`` or a backend name).
         seeds: explicit ``[B]`` per-image seeds (overrides ``generator``).
         noise: ``"gaussian"`` | ``"antithetic"`` | ``"quasi"``.
+        num_threads: CPU intra-op threads for this call (``torch.set_num_threads``, restored
+            afterwards); ``None`` keeps the current setting.
         return_details: return a dict with ``iav``, ``target``, ``logits``, ``cls_attention``,
             ``attribution`` (``[B,P]``) and ``plan`` instead of the tensor.
         progress: tqdm over gradient chunks.
@@ -646,14 +722,15 @@ def iav_fast(
     geo = _geometry(model)
     check_input(model, x)
     device = x.device
-    with _autocast_ctx(device, autocast):
-        logits, rows = _clean_pass(model, x, geo)
-    tgt = resolve_target(target, logits)
-    sg = smoothgrad_fast(
-        model, x, tgt, n_samples, noise_level, generator, seeds=seeds, noise=noise,
-        chunk_size=chunk_size, memory_budget=memory_budget, autocast=autocast, compile=compile,
-        grid=geo.grid, progress=progress,
-    )
+    with _threads(num_threads):
+        with _autocast_ctx(device, autocast):
+            logits, rows = _clean_pass(model, x, geo)
+        tgt = resolve_target(target, logits)
+        sg = smoothgrad_fast(
+            model, x, tgt, n_samples, noise_level, generator, seeds=seeds, noise=noise,
+            chunk_size=chunk_size, memory_budget=memory_budget, autocast=autocast, compile=compile,
+            grid=geo.grid, progress=progress,
+        )
     scores = ia_score(sg["patches"], rows)
     if not return_details:
         return scores
@@ -744,6 +821,7 @@ def iav_dataset(
     compile: bool | str = False,
     device: torch.device | str | None = None,
     images_per_call: int | None = None,
+    num_threads: int | None = None,
     keep_cls_attention: bool = False,
     progress: bool = True,
 ) -> dict[str, Tensor]:
@@ -765,6 +843,7 @@ def iav_dataset(
         seed: base seed.
         device: where to compute; default the model's device.
         images_per_call: images handed to one engine call (default: enough for ~4 chunks).
+        num_threads: CPU threads for the engine calls (restored afterwards).
         keep_cls_attention: also return the ``[N,L,H,P]`` CLS rows (large for big sweeps).
         progress: tqdm over images.
 
@@ -819,7 +898,7 @@ def iav_dataset(
                 raise ValueError("target must be 'pred' or 'label'")
             det = iav_fast(
                 model, xb, tgt, n_samples, noise_level, None, chunk_size, memory_budget, autocast, compile,
-                seeds=seeds, noise=noise, return_details=True,
+                seeds=seeds, noise=noise, num_threads=num_threads, return_details=True,
             )
             outs["iav"].append(det["iav"].cpu())
             outs["targets"].append(det["target"].cpu())

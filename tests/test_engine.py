@@ -254,3 +254,14 @@ def test_iav_dataset_per_image_noise_and_grouping() -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
     c = E.iav_dataset(model, loader, n_samples=3, seed=4, progress=False)
     torch.testing.assert_close(c["iav"], a["iav"], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vit", "vit-registers-qknorm", "deit-distilled", "beit-relpos"])
+def test_prefix_only_last_block_forward_equals_model(name: str) -> None:
+    model = MODELS[name]
+    x = _x(model)
+    trims = E._can_trim_last_block(model)
+    assert trims == (not name.startswith("beit"))  # BEiT mean-pools the patches: nothing to trim
+    if trims:
+        with torch.no_grad():
+            torch.testing.assert_close(E._prefix_only_forward(model, x), model(x), atol=1e-5, rtol=1e-5)
