@@ -43,7 +43,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ __all__ = [
     "resolve_dataset",
     "pretraining",
     "with_pretraining",
+    "pretraining_contrast",
     "checkpoint_epochs",
     "analysis_epochs",
     "checkpoint_fingerprint",
@@ -213,6 +214,47 @@ def with_pretraining(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     out.insert(1, "pretraining", [pretraining(m) for m in out["model"]])
     return out
+
+
+def pretraining_contrast(
+    values: Mapping[str, float], expect: str, what: str, fmt: str = ".3f", source: str = "paper"
+) -> str:
+    """One honest sentence comparing a per-model number between the two pretraining types.
+
+    Args:
+        values: ``{preset: value}``.
+        expect: The paper's claim, ``"self-supervised higher"`` or ``"self-supervised lower"``.
+        what: What the value is, for the sentence.
+        fmt: Number format.
+        source: Whose expectation ``expect`` is (``"paper"``, or e.g. ``"naive expectation"``).
+
+    Returns:
+        Markdown: the group means and whether the expected ordering holds for every pair of
+        models (*separates*), only for the group means (*on average only*), or not at all.
+    """
+    if expect not in ("self-supervised higher", "self-supervised lower"):
+        raise ValueError(f"expect must be 'self-supervised higher' or 'self-supervised lower', got {expect!r}")
+    vals = {m: float(v) for m, v in values.items() if v == v}  # drop NaN
+    ssl = {m: v for m, v in vals.items() if pretraining(m) == "self-supervised"}
+    sup = {m: v for m, v in vals.items() if pretraining(m) == "supervised"}
+    if not ssl or not sup:
+        return f"*{what}*: the run needs both supervised and self-supervised models for this comparison."
+    sign = 1.0 if expect == "self-supervised higher" else -1.0
+    m_ssl, m_sup = float(np.mean(list(ssl.values()))), float(np.mean(list(sup.values())))
+    if sign > 0:
+        separates = min(ssl.values()) > max(sup.values())
+    else:
+        separates = max(ssl.values()) < min(sup.values())
+    if separates:
+        verdict = "**the expected ordering holds and separates the types** (every self-supervised model is on the expected side of every supervised one)"
+    elif sign * (m_ssl - m_sup) > 0:
+        verdict = "**the expected ordering holds on average only** (the groups overlap)"
+    else:
+        verdict = "**the expected ordering does not hold in this run**"
+    word = "higher" if sign > 0 else "lower"
+    per_model = ", ".join(f"{m} {v:{fmt}}" for m, v in sorted(vals.items(), key=lambda kv: _preset_order(kv[0])))
+    return (f"*{what}* — {source}: self-supervised {word}. Here: self-supervised mean {m_ssl:{fmt}}, "
+            f"supervised mean {m_sup:{fmt}} ({per_model}): {verdict}.")
 
 
 def _preset_order(preset: str) -> tuple[int, str]:
@@ -379,6 +421,16 @@ def _load(preset: str, dataset: str, run_dir: str | os.PathLike | None, epoch: i
 
     model, info = load_checkpoint(str(resolve_run_dir(run_dir)), dataset, preset, epoch=epoch)
     return model.to(device).eval(), info
+
+
+def _progress(items: Sequence[Any], desc: str, enabled: bool = True) -> Any:
+    """A tqdm bar over ``items``; off when ``enabled`` is false or ``TQDM_DISABLE`` is set.
+
+    tqdm's notebook widget ignores ``TQDM_DISABLE``; the book run sets it so that no progress
+    widget lands in the published pages.
+    """
+    off = not enabled or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    return tqdm(items, desc=desc, disable=off)
 
 
 def _store(run_dir: str | os.PathLike | None) -> ResultStore:
@@ -601,7 +653,7 @@ def _analyses(
         epochs = analysis_epochs(p, dataset, run_dir, stride) if stride else checkpoint_epochs(p, dataset, run_dir)[-1:]
         jobs += [(p, e) for e in epochs]
     out: dict[str, dict[int, dict[str, Tensor]]] = {}
-    for p, e in tqdm(jobs, desc=desc, disable=not params.get("progress", True)):
+    for p, e in _progress(jobs, desc, params.get("progress", True)):
         out.setdefault(p, {})[e] = checkpoint_analysis(p, dataset, e, run_dir=run_dir, **params)
     return out
 
@@ -707,7 +759,7 @@ def robustness_curves(
     from .shifts import gaussian_blur, jigsaw
 
     rows = []
-    for p in tqdm(presets, desc="robustness", disable=not progress):
+    for p in _progress(presets, "robustness", progress):
         epoch = checkpoint_epochs(p, dataset, run_dir)[-1]
         path = _checkpoint_path(p, dataset, run_dir, epoch)
         dev = resolve_device(device)
@@ -895,7 +947,7 @@ def masking_curves(
         res = _store(run_dir).cached("masking", key, compute)
         for m in MASK_METHODS:
             for f, a in zip(res["fractions"].tolist(), res[m].tolist()):
-                rows.append({"model": p, "method": m, "ratio": 100 * f, "accuracy": 100 * a})
+                rows.append({"model": p, "method": m, "ratio": round(100 * f, 3), "accuracy": 100 * a})
     return pd.DataFrame(rows)
 
 

@@ -251,3 +251,16 @@ def test_model_colors_are_fixed() -> None:
     shades = plots.epoch_shades("tiny-sup", [0, 3, 6])
     lum = [sum(shades[e]) for e in (0, 3, 6)]
     assert lum[0] > lum[1] > lum[2]  # later = darker
+
+
+def test_pretraining_contrast() -> None:
+    sep = ex.pretraining_contrast({"tiny-mim": 0.2, "tiny-dino": 0.3, "tiny-sup": 0.5, "tiny-sup21k": 0.6},
+                                  "self-supervised lower", "d")
+    assert "separates" in sep
+    avg = ex.pretraining_contrast({"tiny-mim": 0.2, "tiny-dino": 0.7, "tiny-sup": 0.5, "tiny-sup21k": 0.6},
+                                  "self-supervised lower", "d")
+    assert "on average only" in avg
+    no = ex.pretraining_contrast({"tiny-mim": 0.2, "tiny-dino": 0.7, "tiny-sup": 0.5, "tiny-sup21k": 0.6},
+                                 "self-supervised higher", "d")
+    assert "does not hold" in no
+    assert "needs both" in ex.pretraining_contrast({"tiny-sup": 1.0}, "self-supervised higher", "d")

@@ -30,7 +30,7 @@ target = "label"  # class explained by SmoothGrad: "label" (ground truth) or "pr
 
 SETUP = '''\
 import matplotlib.pyplot as plt
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from iavutils import experiments as ex
 from iavutils import plots
@@ -179,6 +179,10 @@ clean = robust[robust["level"] == 0].groupby(["model", "shift"])["accuracy"].fir
 drop = (clean - worst).unstack("shift").round(1)
 drop.insert(0, "pretraining", [ex.pretraining(m) for m in drop.index])
 display(drop)
+for shift in [c for c in drop.columns if c != "pretraining"]:
+    display(Markdown(ex.pretraining_contrast(drop[shift].to_dict(), "self-supervised lower",
+                                             f"accuracy lost under the strongest {shift} (points)", ".1f",
+                                             source="naive expectation (the paper finds no separation)")))
 '''),
         md('''
 **Reading the figures.** The paper's point is a negative one: neither clean accuracy nor
@@ -225,6 +229,9 @@ plt.show()
 # Distance of the first analysed checkpoint (the pretrained initialisation) to the last one.
 first = dynamics.loc[dynamics.groupby("model")["epoch"].idxmin()]
 display(ex.with_pretraining(first[["model", "epoch", "phi_distance", "attention_distance"]]).round(3))
+for col, what in (("phi_distance", "SmoothGrad distance initialisation → final"),
+                  ("attention_distance", "attention distance initialisation → final")):
+    display(Markdown(ex.pretraining_contrast(dict(zip(first["model"], first[col])), "self-supervised lower", what)))
 '''),
         md('''
 **Reading the figure.** The paper's claim holds in a run if both curves of the two
@@ -269,6 +276,11 @@ auc = masking[masking["ratio"] > 0].pivot_table(index="model", columns="method",
 auc = auc[[m for m in ex.MASK_METHODS if m in auc]]
 auc.insert(0, "pretraining", [ex.pretraining(m) for m in auc.index])
 display(auc)
+gap = (auc["attention"] - auc["smoothgrad"]).sort_values()
+display(Markdown(
+    "Mean accuracy with attention ordering minus with SmoothGrad ordering (points; 0 = attention as damaging as "
+    "SmoothGrad, positive = SmoothGrad more damaging): " + ", ".join(f"{m} {v:+.1f}" for m, v in gap.items())
+    + f". Closest to SmoothGrad: **{gap.abs().idxmin()}** (paper: DINO)."))
 '''),
         md('''
 **Reading the figure.** In the table, an ordering that finds the decisive patches has a low
@@ -322,6 +334,8 @@ e1 = entropy[entropy.groupby("model")["epoch"].transform("max") == entropy["epoc
 trend = ex.with_pretraining(pd.DataFrame({"model": e0.index, "first epoch": e0.values, "last epoch": e1.values}))
 trend["change"] = trend["last epoch"] - trend["first epoch"]
 display(trend.round(3))
+display(Markdown(ex.pretraining_contrast(dict(zip(trend["model"], trend["change"])), "self-supervised lower",
+                                         "change of the mean entropy over finetuning (nats)")))
 '''),
         md('''
 ## Entropy of the last layer's heads over images (paper Fig. 6b)
@@ -330,7 +344,10 @@ display(trend.round(3))
 last = ex.last_layer_entropy(models, dataset, **common)
 fig = plots.entropy_boxes(last, max_entropy=max_entropy)
 plt.show()
-display(last.groupby("model", sort=False)["entropy"].describe()[["mean", "std", "min", "max"]].round(3))
+stats = last.groupby("model", sort=False)["entropy"].describe()[["mean", "std", "min", "max"]]
+display(stats.round(3))
+display(Markdown(ex.pretraining_contrast(stats["mean"].to_dict(), "self-supervised higher",
+                                         "mean entropy of the last layer (nats)")))
 '''),
         md('''
 **Reading the figures.** The paper's dynamics claim is the sign of the change: up for
@@ -406,6 +423,12 @@ table = pd.DataFrame({"first epoch": first, "last epoch": final})
 table["change"] = table["last epoch"] - table["first epoch"]
 table.insert(0, "pretraining", [ex.pretraining(m) for _, m in table.index])
 display(table.round(3))
+for score in dict.fromkeys(table.index.get_level_values("score")):
+    t = table.loc[score]
+    display(Markdown(ex.pretraining_contrast(t["last epoch"].to_dict(), "self-supervised higher",
+                                             f"{score}, later layers, last epoch")))
+    display(Markdown(ex.pretraining_contrast(t["change"].to_dict(), "self-supervised higher",
+                                             f"{score}, later layers, change over finetuning")))
 '''),
         md('''
 **Reading the figures.** The paper's claim, in the table's terms: in the later layers the
@@ -449,6 +472,10 @@ High-IA-Heads per layer (count / heads):
 types = ex.head_type_table(heads)
 types.insert(0, "pretraining", [ex.pretraining(m) for m in types.index])
 display(types)
+per_head = heads.groupby(["model", "layer", "head"], sort=False)["high"].first().reset_index()
+late_high = per_head[per_head["layer"] > per_head["layer"].max() / 2].groupby("model", sort=False)["high"].mean()
+display(Markdown(ex.pretraining_contrast(late_high.to_dict(), "self-supervised higher",
+                                         "share of High-IA-Heads in the later half of the layers", ".2f")))
 '''),
         code('''
 # Is the score a property of the head? Share of the IA-Score variance explained by the head
@@ -503,6 +530,9 @@ plt.show()
 table = separation.pivot(index="model", columns="layer", values="knn_accuracy")[list(dict.fromkeys(separation["layer"]))]
 table.insert(0, "pretraining", [ex.pretraining(m) for m in table.index])
 display(table.round(1))
+last_layer = [c for c in table.columns if c.startswith("L")][-1]
+display(Markdown(ex.pretraining_contrast(table[last_layer].to_dict(), "self-supervised lower",
+                                         f"5-NN class accuracy from the IAV of {last_layer} (%)", ".1f")))
 '''),
         md('''
 **Reading the figures.** The paper's two claims are that class separation by IAV grows with
