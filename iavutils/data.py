@@ -1,10 +1,13 @@
 """Datasets: the embedded (generated, offline) world with object masks, and CIFAR-10.
 
-Embedded datasets are drawn deterministically from a seed by vectorised torch code (a few
-seconds at most, cached in memory): 32×32 RGB images, one object per image on a varied
-background (gradients, low-frequency colour noise, pixel noise, small distractor fragments),
-with the object's per-pixel ground-truth mask. Objects vary in colour, size, position,
-rotation and texture (solid, stripes, checker, radial), so a classifier has to find the object.
+Embedded datasets are drawn deterministically from a seed by vectorised torch code (about a
+second, cached in memory): 32×32 RGB images, one object per image on a varied background
+(colour gradients, low-frequency colour noise, pixel noise, small distractor fragments), with
+the object's per-pixel ground-truth mask. Objects vary in colour, size, position, rotation and
+texture (plain, stripes, checker, radial shading). The class is the object's shape; part of the
+objects also carry their class's hue (``colour_cue``), a cue that exists only on the object
+(distractors have random colours), so a small model learns within an epoch or two but must
+still look at the object, and is far from 100%.
 
 * ``"embedded"`` — the finetuning **target**: 10 shape classes (:data:`EMBEDDED_CLASSES`),
   train/val/test = 5000/1000/1000.

@@ -231,3 +231,22 @@ def test_offline_without_cache_names_the_hub_id(tmp_path):
     assert "ERR beit" in out.stdout and "microsoft/beit-base-patch16-224-pt22k" in out.stdout, out.stdout + out.stderr
     assert "huggingface-cli download" in out.stdout
     assert "ERR dino" in out.stdout and "timm/vit_base_patch16_224.dino" in out.stdout
+
+
+# ---- pretraining recipes (smoke: a few steps each, tiny probe) --------------------------------
+
+
+@pytest.mark.parametrize("preset", ["tiny-mim", "tiny-dino", "tiny-sup"])  # the three training loops
+def test_pretraining_recipe_runs_and_writes_loadable_weights(preset, tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from iavutils import pretrain
+
+    recipe = dataclasses.replace(pretrain.RECIPES[preset], steps=2, batch_size=8, warmup_steps=1)
+    record = pretrain.pretrain(preset, tmp_path, recipe=recipe, progress=False, probe_sizes=(40, 20))
+    assert json.loads((tmp_path / f"{preset}.json").read_text())["recipe"]["steps"] == 2
+    assert 0 <= record["knn_probe_target"]["pretrained"] <= 1
+    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path)
+    model, info = load_model(preset, 10)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
