@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import html.parser
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -171,18 +172,27 @@ def list_notebooks(only: Iterable[str] | None = None, notebook_dir: Path = NOTEB
     return sorted(chosen)
 
 
-def declared_parameters(notebook: Path) -> set[str]:
-    """Names assigned in the notebook's ``parameters`` cell.
+def parameter_names(notebook: Path) -> tuple[set[str], set[str]]:
+    """Names assigned in the notebook's ``parameters`` cell: ``(all, unreadable by papermill)``.
 
     papermill's own parser (``papermill.inspect_notebook``) skips lines it cannot read (for
-    example a comment containing quotes) while ``-p`` would still inject them; Python's parser
-    reads every top-level assignment, so both are merged.
+    example a comment containing quotes) although ``-p`` still injects them; Python's parser
+    reads every top-level assignment. The second set names what only Python could read (worth
+    fixing: ``papermill --help-notebook`` does not list it).
     """
     import ast
+    import logging
 
     import papermill
 
-    names = set(papermill.inspect_notebook(str(notebook)))
+    log = logging.getLogger("papermill.translators")
+    level = log.level
+    log.setLevel(logging.ERROR)  # reported once, below, instead of per line and per call
+    try:
+        by_papermill = set(papermill.inspect_notebook(str(notebook)))
+    finally:
+        log.setLevel(level)
+    by_python: set[str] = set()
     nb = json.loads(Path(notebook).read_text())
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "code" or "parameters" not in cell.get("metadata", {}).get("tags", []):
@@ -194,8 +204,13 @@ def declared_parameters(notebook: Path) -> set[str]:
         for node in tree.body:
             targets = node.targets if isinstance(node, ast.Assign) else (
                 [node.target] if isinstance(node, ast.AnnAssign) else [])
-            names.update(t.id for t in targets if isinstance(t, ast.Name))
-    return names
+            by_python.update(t.id for t in targets if isinstance(t, ast.Name))
+    return by_papermill | by_python, by_python - by_papermill
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned in the notebook's ``parameters`` cell (see :func:`parameter_names`)."""
+    return parameter_names(notebook)[0]
 
 
 def _first_error(nb_path: Path) -> str:
@@ -266,15 +281,22 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
     t_start = time.perf_counter()
     n = len(notebooks)
     for i, nb in enumerate(notebooks, 1):
-        declared = declared_parameters(nb)
+        declared, unreadable = parameter_names(nb)
         params = {k: v for k, v in parameters.items() if k in declared}
         undeclared = sorted(set(parameters) - declared - set(SMALL_PARAMETERS))
         print(f"[{i:2d}/{n}] {nb.stem} ...", flush=True)
         if undeclared:
             print(f"        (does not declare {', '.join(undeclared)}; not passed)", flush=True)
+        if unreadable:
+            print(f"        (papermill cannot parse the lines of {', '.join(sorted(unreadable))} in the "
+                  "parameters cell: quotes in a comment?)", flush=True)
         out = out_dir / nb.name
         t0 = time.perf_counter()
         ok, error = True, ""
+        # Parameters papermill's parser missed are declared all the same (see above).
+        quiet = logging.getLogger("papermill")
+        quiet_level = quiet.level
+        quiet.setLevel(logging.ERROR if unreadable else quiet_level)
         try:
             papermill.execute_notebook(
                 str(nb), str(out), parameters=params, cwd=str(REPO), progress_bar=progress,
@@ -284,6 +306,8 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
             ok, error = False, f"In [{exc.exec_count}]: {exc.ename}: {str(exc.evalue)[:200]}"
         except Exception as exc:  # kernel death, timeout, bad notebook: still report and go on
             ok, error = False, f"{type(exc).__name__}: {str(exc)[:200]}"
+        finally:
+            quiet.setLevel(quiet_level)
         if ok and (found := _first_error(out)):
             ok, error = False, found
         seconds = time.perf_counter() - t0
