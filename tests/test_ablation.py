@@ -117,3 +117,25 @@ def test_mean_gmar_weights_sum_to_one():
     assert w.shape == (2, 2)
     assert torch.allclose(w.sum(1), torch.ones(2), atol=1e-5)
     assert _no_hooks(model)
+
+
+def test_run_head_ablation_on_a_run(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from iavutils.models import build_model
+
+    run = tmp_path / "embedded" / "tiny-sup"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_model("tiny-sup", num_classes=10)
+    save_file({n: v.contiguous() for n, v in model.state_dict().items()}, run / "checkpoints" / "epoch_000.safetensors")
+    (run / "config.json").write_text(json.dumps({"preset": "tiny-sup", "dataset": "embedded", "num_classes": 10}))
+    r = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, num_images=4, n_samples=2, ablation_images=8,
+                             device="cpu", progress=False)
+    assert r["ia"].shape == (6, 4) and r["single.logit_drop"].shape == (6, 4)
+    assert torch.allclose(r["gmar_weight"].sum(1), torch.ones(6), atol=1e-5)
+    assert (r["rgroup.n_high"] + r["rgroup.n_low"]).tolist() == [4.0] * 6
+    df = ab.ablation_frame({"tiny-sup": r})
+    assert len(df) == 24 and set(df.columns) >= {"ia", "high_ia", "high_rel", "gmar_weight", "logit_drop"}

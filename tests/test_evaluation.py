@@ -252,3 +252,27 @@ def test_precomputed_maps_are_used():
     maps = ev.explanation_maps(model, x, 0, ("smoothgrad", "smoothgrad_patch", "rollout"), precomputed={"smoothgrad": sg})
     assert torch.equal(maps["smoothgrad"], sg)
     assert torch.allclose(maps["smoothgrad_patch"], sg.reshape(3, 4, 4, 4, 4).mean((2, 4)).reshape(3, 16))
+
+
+def test_run_explanation_eval_is_cached(tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import save_file
+
+    from iavutils.models import build_model
+
+    run = tmp_path / "embedded" / "tiny-dino"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_model("tiny-dino", num_classes=10)
+    save_file({n: v.contiguous() for n, v in model.state_dict().items()}, run / "checkpoints" / "epoch_000.safetensors")
+    (run / "config.json").write_text(json.dumps({"preset": "tiny-dino", "dataset": "embedded", "num_classes": 10}))
+    kw = dict(num_images=4, n_samples=2, device="cpu", progress=False, methods=("rollout", "gmar_l1", "smoothgrad", "random"))
+    res = ev.run_explanation_eval("tiny-dino", "embedded", tmp_path, **kw)
+    assert res["positive.gmar_l1"].shape == (10, 4) and res["loc.miou.rollout"].shape == (4,)
+    calls = []
+    monkeypatch.setattr(ev, "evaluate_explanations", lambda *a, **k: calls.append(1))
+    again = ev.run_explanation_eval("tiny-dino", "embedded", tmp_path, **kw)
+    assert not calls and torch.equal(again["positive.gmar_l1"], res["positive.gmar_l1"])
+    cmp = ev.gmar_vs_rollout({"tiny-dino": res})
+    assert set(cmp["mode"]) == {"positive", "negative"} and len(cmp) == 2

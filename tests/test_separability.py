@@ -70,9 +70,11 @@ def test_four_models_min_p_and_determinism():
     assert a.min_p_value == pytest.approx(1 / 3)  # 2 + 2 models: 6 labellings, swap ties
     assert a.p_value >= a.min_p_value - 1e-12
     assert a.accuracy == b.accuracy and np.array_equal(a.null, b.null)
-    mc = sep.separability_test(sep.trend_features(*_trends(12)), n_permutations=30, seed=3)
-    mc2 = sep.separability_test(sep.trend_features(*_trends(12)), n_permutations=30, seed=3)
-    assert not mc.exact and mc.p_value == mc2.p_value and mc.min_p_value == pytest.approx(1 / 31)
+    feats = sep.trend_features(*_trends(10, epochs=2))
+    mc = sep.separability_test(feats, n_permutations=12, seed=3)
+    mc2 = sep.separability_test(feats, n_permutations=12, seed=3)
+    assert not mc.exact and mc.p_value == mc2.p_value and mc.min_p_value == pytest.approx(1 / 13)
+    assert np.array_equal(mc.null, mc2.null)
 
 
 def test_rejects_too_few_groups_or_mixed_groups():
@@ -91,3 +93,48 @@ def test_report_table_and_nan_controls_skipped():
     table, results = sep.separability_report(full, labels)
     assert list(table["features"]) == ["global-IAV", "entropy (control)"]
     assert (table["min_p_value"] > 0.3).all() and set(results) == {"global-IAV", "entropy (control)"}
+
+
+# --------------------------------------------------------------------------- book entry point
+
+
+def _fake_run(root, presets, epochs=3):
+    """Random-weight tiny presets with `epochs` checkpoints in the training layout."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from iavutils.models import build_model
+
+    for k, preset in enumerate(presets):
+        run = root / "embedded" / preset
+        (run / "checkpoints").mkdir(parents=True)
+        torch.manual_seed(k)
+        model = build_model(preset, num_classes=10)
+        metrics = []
+        for e in range(epochs):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+            save_file({n: v.detach().clone().contiguous() for n, v in model.state_dict().items()},
+                      run / "checkpoints" / f"epoch_{e:03d}.safetensors")
+            metrics.append({"epoch": e, "val_acc": 0.1 + 0.05 * e + 0.01 * k})
+        (run / "config.json").write_text(json.dumps({"preset": preset, "dataset": "embedded", "num_classes": 10}))
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return root
+
+
+def test_checkpoint_trends_and_report_on_a_run(tmp_path):
+    from iavutils import experiments as ex
+
+    presets = ["tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k"]
+    run = _fake_run(tmp_path, presets)
+    small = dict(num_images=4, n_samples=2, noise_level=0.15, seed=0, device="cpu", progress=False)
+    trends = sep.checkpoint_trends(presets, "embedded", run, epoch_stride=2, **small)
+    assert trends["tiny-dino"]["epochs"].tolist() == [0, 2]
+    assert trends["tiny-dino"]["global_iav"].shape == (2, 6, 4)
+    assert trends["tiny-sup"]["accuracy"].tolist() == pytest.approx([0.12, 0.22])
+    labels = {p: int(ex.pretraining(p) == "self-supervised") for p in presets}
+    table, results = sep.separability_report(trends, labels)
+    assert list(table["features"]) == ["global-IAV", "entropy (control)", "accuracy (control)"]
+    assert table["min_p_value"].tolist() == pytest.approx([1 / 3] * 3)
