@@ -26,6 +26,16 @@ from safetensors.torch import load_file, save_file
 __all__ = ["atomic_write", "atomic_write_json", "stable_hash", "ResultStore"]
 
 
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any threads write.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _fsync_dir(directory: Path) -> None:
     # The rename itself lives in the directory entry; without this a power cut can lose it.
     # Not every platform can open a directory (Windows), which is fine to skip.
@@ -71,6 +81,8 @@ def atomic_write(path: str | os.PathLike, data_or_writer: bytes | str | Callable
                 f.write(data)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if fd >= 0:

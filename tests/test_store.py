@@ -22,8 +22,11 @@ def test_atomic_write_bytes_str_and_writer(tmp_path):
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(tmp_path / "t.safetensors")["x"], t["x"])
-    # no temporary files left behind
+    # no temporary files left behind, ordinary permissions
     assert sorted(os.listdir(tmp_path / "a")) == ["b.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_write_failure_keeps_old_file(tmp_path):
