@@ -443,7 +443,7 @@ _HF_BLOCK_MAP = {
 
 # Keys with no counterpart in a classification Beit: MIM-only parts, and buffers timm recomputes.
 _HF_DROPPED = re.compile(
-    r"(^(?:beit\.)?embeddings\.mask_token$)|(^lm_head\.)|(relative_position_index$)|(^(?:beit\.)?pooler\.)"
+    r"(^(?:beit\.)?embeddings\.mask_token$)|(^lm_head\.)|(relative_position_index$)"
     r"|(^layernorm\.)|(^(?:beit\.)?layernorm\.)"
 )
 
@@ -510,6 +510,8 @@ def convert_hf_beit_to_timm(state_dict: Mapping[str, torch.Tensor], num_layers: 
             out["pos_embed"] = value
         elif plain == "encoder.relative_position_bias.relative_position_bias_table":
             shared_table = value
+        elif plain in ("pooler.layernorm.weight", "pooler.layernorm.bias"):
+            out["fc_norm." + plain.rsplit(".", 1)[1]] = value  # finetuned HF classifiers keep it
         elif plain in ("classifier.weight", "classifier.bias"):
             out["head." + plain.split(".")[1]] = value
         elif _HF_DROPPED.search(key):
