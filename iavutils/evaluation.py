@@ -818,9 +818,8 @@ def gmar_vs_rollout(
             for mode in ("positive", "negative"):
                 d = paired_difference(res, a, b, mode=mode, n_boot=n_boot, seed=seed)
                 sign = -1.0 if mode == "positive" else 1.0  # which direction is "better"
-                better = None
-                if sign * d["low"] > 0 or sign * d["high"] > 0:
-                    lo, hi = sorted((sign * d["low"], sign * d["high"]))
-                    better = True if lo > 0 else False if hi < 0 else None
+                # Interval of the improvement (positive = GMAR better) in either test.
+                lo, hi = sorted((sign * d["low"], sign * d["high"]))
+                better = True if lo > 0 else False if hi < 0 else None
                 rows.append({"model": name, "method": a, "reference": b, "mode": mode, **d, "better": better})
     return pd.DataFrame(rows)

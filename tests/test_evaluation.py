@@ -276,3 +276,15 @@ def test_run_explanation_eval_is_cached(tmp_path, monkeypatch):
     assert not calls and torch.equal(again["positive.gmar_l1"], res["positive.gmar_l1"])
     cmp = ev.gmar_vs_rollout({"tiny-dino": res})
     assert set(cmp["mode"]) == {"positive", "negative"} and len(cmp) == 2
+
+
+def test_gmar_vs_rollout_verdicts():
+    fr = torch.tensor([0.0, 0.5, 1.0])
+    ones, zeros = torch.ones(3, 20), torch.zeros(3, 20)
+    zeros[0] = 1.0  # clean accuracy 1, then 0
+    # GMAR's accuracy collapses at once (positive: better), rollout's stays.
+    res = {"fractions": fr, "positive.gmar_l1": zeros, "positive.rollout": ones,
+           "negative.gmar_l1": zeros, "negative.rollout": ones}
+    out = ev.gmar_vs_rollout({"m": res}, pairs=(("gmar_l1", "rollout"),))
+    verdict = dict(zip(out["mode"], out["better"]))
+    assert verdict == {"positive": True, "negative": False}
