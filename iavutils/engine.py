@@ -465,10 +465,15 @@ def saved_bytes_per_sample(
     if key in _SAVED_BYTES_CACHE:
         return _SAVED_BYTES_CACHE[key]
     seen: dict[tuple, int] = {}
+    # weights are saved for the input gradient too, but they exist anyway and do not grow with
+    # the chunk: leave them out
+    resident = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
 
     def pack(t: Tensor) -> Tensor:
-        # the same storage is often saved by several ops; count it once
-        seen[(t.untyped_storage().data_ptr(), t.device.type)] = t.untyped_storage().nbytes()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in resident:
+            # the same storage is often saved by several ops; count it once
+            seen[(ptr, t.device.type)] = t.untyped_storage().nbytes()
         return t
 
     xs = torch.zeros(2, *image_shape, device=device, requires_grad=True)
