@@ -20,8 +20,8 @@ What makes it fast (and why each step is safe):
   ``ARCHITECTURE.md`` bit for bit (per-image CPU generators seeded from
   ``randint(0, 2**62, (B,), generator)``), so the result equals ``iavutils.smoothgrad`` +
   ``ia_score`` up to float summation order, whatever the chunking. ``"antithetic"`` (pairs
-  ``±ε``) and ``"quasi"`` (scrambled Sobol points mapped through the inverse normal CDF) are
-  explicit, non-default variance-reduction modes.
+  ``±ε``) and ``"quasi"`` (randomly shifted scrambled Sobol points mapped through the inverse
+  normal CDF) are explicit, non-default variance-reduction modes.
 
 Options for accelerators: ``autocast=torch.bfloat16`` (scores stay within
 ``BF16_TOLERANCE`` of fp32 — checked by ``autocast_deviation``) and ``compile=True``
@@ -355,8 +355,9 @@ class _NoiseStream:
 
     ``gaussian``: the ``k``-th ``randn(3,H,W)`` draw of a CPU generator seeded with ``seeds[b]``.
     ``antithetic``: even ``k`` draw from that stream, odd ``k`` reuse ``-ε_{k-1}``.
-    ``quasi``: ``n`` scrambled Sobol points (scramble seeded from ``seeds[b]``) through ``Φ⁻¹``;
-    inputs with more than ``SobolEngine.MAXDIM`` values use independently scrambled blocks.
+    ``quasi``: ``n`` points of a scrambled Sobol sequence, randomly shifted per image (shift
+    seeded from ``seeds[b]``), through ``Φ⁻¹``; inputs with more than ``SobolEngine.MAXDIM``
+    values use independently scrambled blocks of dimensions.
     Draws must be requested in increasing ``k`` per image (the engine's image-major order).
     """
 
@@ -399,17 +400,37 @@ class _NoiseStream:
         return eps
 
 
-def _sobol_normals(seed: int, n: int, shape: tuple[int, ...]) -> Tensor:
-    dim = math.prod(shape)
+@functools.lru_cache(maxsize=8)
+def _sobol_base(n: int, dim: int) -> Tensor:
+    """The first ``n`` points of one fixed scrambled Sobol sequence in ``dim`` dimensions.
+
+    Scrambling costs ~1 s per 3 000 dimensions, so it is done once per shape and every image
+    gets its own random shift instead (see ``_sobol_normals``). Prefixes of the cached points
+    are the points of a shorter run, so ``n`` and ``n' < n`` agree on the first ``n'``.
+    """
     blocks = math.ceil(dim / _SOBOL_MAXDIM)
     width = math.ceil(dim / blocks)
     parts = []
     for i in range(blocks):
         d = min(width, dim - i * width)
-        eng = torch.quasirandom.SobolEngine(d, scramble=True, seed=(seed + i) % (2**63))
-        parts.append(eng.draw(n, dtype=torch.float64))
-    u = torch.cat(parts, dim=1)
-    # scrambled points are never exactly 0/1, but guard the inverse CDF anyway
+        parts.append(torch.quasirandom.SobolEngine(d, scramble=True, seed=i).draw(n, dtype=torch.float64))
+    return torch.cat(parts, dim=1)
+
+
+def _sobol_normals(seed: int, n: int, shape: tuple[int, ...]) -> Tensor:
+    """``n`` quasi-random standard normal tensors of ``shape`` for one image.
+
+    Randomised QMC by a Cranley–Patterson rotation: ``u = frac(sobol + U)`` with ``U`` uniform
+    per dimension drawn from a CPU generator seeded with ``seed``, so every ``u`` is uniform
+    (the estimate stays unbiased) and images are independent; then ``z = Φ⁻¹(u)``. Inputs with
+    more than ``SobolEngine.MAXDIM`` values use independently scrambled blocks of dimensions.
+    """
+    dim = math.prod(shape)
+    # the cached base is computed for at least 64 points so short runs share it with long ones
+    base = _sobol_base(max(64, 1 << max(0, n - 1).bit_length()), dim)[:n]
+    shift = torch.rand(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    u = torch.remainder(base + shift, 1.0)
+    # a shifted point can land exactly on 0; keep the inverse CDF finite
     u = u.clamp(1e-12, 1 - 1e-12)
     z = math.sqrt(2.0) * torch.special.erfinv(2.0 * u - 1.0)
     return z.to(torch.float32).view(n, *shape)
