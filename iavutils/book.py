@@ -23,6 +23,7 @@ import html.parser
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -538,15 +539,18 @@ class _AssetParser(html.parser.HTMLParser):
             self.urls.append((tag, a["src"]))
 
 
+_CSS_REMOTE = re.compile(r"""(?:url\(\s*|@import\s+)["']?((?:https?:)?//[^"')\s;]+)""", re.IGNORECASE)
+
+
 def external_assets(html_dir: Path) -> dict[str, list[str]]:
-    """Remote resources (http(s) or protocol-relative URLs) the built pages load.
+    """Remote resources (http(s) or protocol-relative URLs) the built pages and style sheets load.
 
     Args:
         html_dir: the built site (``_build/html``).
 
     Returns:
-        Page (relative path) -> ``"tag url"`` strings, only for pages that load something
-        remote.
+        Page or style sheet (relative path) -> ``"<tag> url"`` / ``"url(...)"`` strings, only for
+        files that load something remote.
     """
     found: dict[str, list[str]] = {}
     for page in sorted(Path(html_dir).rglob("*.html")):
@@ -556,6 +560,11 @@ def external_assets(html_dir: Path) -> dict[str, list[str]]:
                if url.startswith(("http://", "https://", "//"))]
         if bad:
             found[str(page.relative_to(html_dir))] = bad
+    # Style sheets can fetch too (web fonts, @import).
+    for sheet in sorted(Path(html_dir).rglob("*.css")):
+        bad = [f"url({m.group(1)})" for m in _CSS_REMOTE.finditer(sheet.read_text(errors="replace"))]
+        if bad:
+            found[str(sheet.relative_to(html_dir))] = bad
     return found
 
 

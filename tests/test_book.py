@@ -151,8 +151,12 @@ def test_external_asset_scan(tmp_path: Path) -> None:
         '<script src="_static/npm/require.js"></script><a href="https://example.org">x</a>')
     (tmp_path / "bad.html").write_text(
         '<script src="https://cdn.jsdelivr.net/npm/x.js"></script><link rel="stylesheet" href="//fonts/x.css">')
+    (tmp_path / "ok.css").write_text("a { background: url(img/x.png) } b { src: url('data:font/woff2;x') }")
+    (tmp_path / "bad.css").write_text("@import 'https://fonts.googleapis.com/css?f=x';\n"
+                                      "@font-face { src: url(\"//cdn.example/f.woff2\") }")
     assert book.external_assets(tmp_path) == {
-        "bad.html": ["<script> https://cdn.jsdelivr.net/npm/x.js", "<link> //fonts/x.css"]}
+        "bad.html": ["<script> https://cdn.jsdelivr.net/npm/x.js", "<link> //fonts/x.css"],
+        "bad.css": ["url(https://fonts.googleapis.com/css?f=x)", "url(//cdn.example/f.woff2)"]}
 
 
 def test_toc_and_notebooks_agree() -> None:
