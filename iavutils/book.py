@@ -48,6 +48,10 @@ PRESET_GROUPS: dict[str, tuple[str, ...]] = {
 
 # Parameters for the quick runs of the tests (`--small`): every notebook exercises all its
 # code paths on a handful of images. Only the names a notebook declares are passed.
+# The issue's budget for the main job (`make book`, four tiny presets, 2-core CPU, after the
+# install), finetuning included; the run reports each notebook's share of it.
+TINY_BUDGET_S = 15 * 60
+
 SMALL_PARAMETERS: dict[str, Any] = {
     "num_images": 8,  # analysed held-out images
     "n_samples": 4,  # SmoothGrad samples
@@ -249,7 +253,8 @@ def slowest_cells(nb_path: Path, k: int = 3) -> list[tuple[int, float, str]]:
 
 
 def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_dir: Path,
-                  progress: bool = True, kernel_timeout: int | None = None) -> list[NotebookResult]:
+                  progress: bool = True, kernel_timeout: int | None = None,
+                  budget_s: float = 0) -> list[NotebookResult]:
     """Execute notebooks with papermill into ``<book_dir>/generated/``.
 
     Every notebook runs even if an earlier one failed (papermill writes partial output), so
@@ -261,6 +266,7 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
         book_dir: the book source directory (outputs go to its ``generated/``).
         progress: show papermill's per-cell progress bar.
         kernel_timeout: per-cell timeout in seconds (``None``: no limit).
+        budget_s: time budget of the whole run, to report each notebook's share (0: none).
 
     Returns:
         One :class:`NotebookResult` per notebook.
@@ -324,7 +330,7 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
             if sec >= 0.1 * seconds and sec >= 2:
                 print(f"        In [{idx}] {sec:6.1f} s  {first}", flush=True)
     _write_timings(out_dir / "timings.json", results, parameters)
-    _print_summary(results, time.perf_counter() - t_start)
+    _print_summary(results, time.perf_counter() - t_start, budget_s)
     return results
 
 
@@ -351,11 +357,16 @@ def _write_timings(path: Path, results: Sequence[NotebookResult], parameters: di
     _atomic_write_text(path, json.dumps(payload, indent=2))
 
 
-def _print_summary(results: Sequence[NotebookResult], total: float) -> None:
+def _print_summary(results: Sequence[NotebookResult], total: float, budget_s: float = 0) -> None:
     print("\nnotebook wall times:")
     for r in results:
-        print(f"  {r.name:<32s} {r.seconds:7.1f} s  {'ok' if r.ok else 'FAILED'}")
+        share = f"{100 * r.seconds / budget_s:5.1f} % of budget" if budget_s else ""
+        print(f"  {r.name:<32s} {r.seconds:7.1f} s  {'ok' if r.ok else 'FAILED':<6s} {share}")
     print(f"  {'total':<32s} {total:7.1f} s  ({_fmt_minutes(total)})", flush=True)
+    if budget_s:
+        verdict = "within" if total <= budget_s else "OVER"
+        print(f"  {verdict} the main job's budget of {_fmt_minutes(budget_s)} for the notebooks "
+              "(the book build adds about a minute)", flush=True)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -680,8 +691,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"no notebooks in {args.notebook_dir}")
         print(f"executing {len(notebooks)} notebooks for {params['model']} "
               f"into {Path(args.book_dir).resolve() / 'generated'}", flush=True)
+        tiny_full_run = params["dataset"] == "embedded" and not args.small and not args.only
         results = run_notebooks(notebooks, params, args.book_dir, progress=not args.no_progress,
-                                kernel_timeout=args.cell_timeout)
+                                kernel_timeout=args.cell_timeout,
+                                budget_s=TINY_BUDGET_S if tiny_full_run else 0)
         failed = [r.name for r in results if not r.ok]
         if failed:
             print(f"FAILED notebooks: {', '.join(failed)}", file=sys.stderr, flush=True)
