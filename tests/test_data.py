@@ -30,9 +30,12 @@ def test_splits_and_sources_differ():
     tr, va, te = (get_dataset("embedded", s) for s in ("train", "val", "test"))
     assert (len(tr), len(va), len(te)) == (5000, 1000, 1000)
     assert not torch.equal(tr.images[:1000], va.images) and not torch.equal(va.images, te.images)
-    small, large = get_dataset("source-small", "train"), get_dataset("source-large", "train")
-    assert small.num_classes < large.num_classes and len(small) < len(large)
-    assert small.num_classes != 10 or small.classes != EMBEDDED_CLASSES
+    small = get_dataset("source-small", "val")
+    spec_small, spec_large = data.DATASETS["source-small"], data.DATASETS["source-large"]
+    assert spec_small.num_classes < spec_large.num_classes
+    assert spec_small.splits["train"] < spec_large.splits["train"]
+    assert small.num_classes == 20 and small.classes != EMBEDDED_CLASSES
+    assert small.masks.any(dim=(1, 2)).all()
     with pytest.raises(ValueError):
         get_dataset("source-small", "test")
 
