@@ -529,7 +529,7 @@ def explorer_widget(all_maps: Sequence[HeadMaps], pngs: Sequence[Sequence[Sequen
                     links.append(w.jslink((head, "value"), (inner, "selected_index")))
                     outer_children.append(inner)
                 outer = w.Stack([w.Box(), *outer_children], selected_index=1)
-                outer.add_class("iav-head-stack")
+                outer.add_class("iav-layer-stack")
                 links.append(w.jslink((layer, "value"), (outer, "selected_index")))
                 rows.append(w.VBox([w.HTML(_caption(all_maps[i])), outer]))
             per_image.append(w.VBox(rows))
