@@ -83,7 +83,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "tiny-mim": Recipe("mim", "source-large", steps=300, batch_size=64, lr=1e-3, weight_decay=0.05),
-    "tiny-dino": Recipe("dino", "source-small", steps=250, batch_size=32, lr=1e-3, weight_decay=0.04, teacher_momentum=0.99),
+    "tiny-dino": Recipe("dino", "source-small", steps=250, batch_size=32, lr=1e-3, weight_decay=0.04, teacher_momentum=0.95),
     "tiny-sup": Recipe("supervised", "source-small", steps=400, batch_size=64, lr=1e-3),
     "tiny-sup21k": Recipe("supervised", "source-large", steps=400, batch_size=64, lr=1e-3),
 }
