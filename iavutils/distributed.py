@@ -141,19 +141,20 @@ def sweep(
 def _build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, Any, str]:
     from .models import load_model
 
+    # every rank must build the same model: random weights (--random-weights) and a new,
+    # randomly initialised head (--num-classes on a preset without one) come from this seed
+    torch.manual_seed(args.model_seed)
     if args.checkpoint_epoch is not None:
         from .training import load_checkpoint
 
         model, info = load_checkpoint(args.run_dir, args.dataset, args.preset, args.checkpoint_epoch, device=device)
         weights = f"checkpoint:{args.dataset}:{args.checkpoint_epoch}"
     elif args.random_weights:
-        # every rank must build the same random model
-        torch.manual_seed(args.model_seed)
         model, info = load_model(args.preset, num_classes=args.num_classes, pretrained=False, device=device)
         weights = f"random:{args.model_seed}"
     else:
         model, info = load_model(args.preset, num_classes=args.num_classes, device=device)
-        weights = "pretrained"
+        weights = f"pretrained:head-seed{args.model_seed}" if args.num_classes is not None else "pretrained"
     return model.eval(), info, weights
 
 
@@ -177,9 +178,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="base seed; image i uses image_seed(seed, i)")
     ap.add_argument("--run-dir", default="runs")
     ap.add_argument("--checkpoint-epoch", type=int, default=None, help="use a finetuned checkpoint from --run-dir")
-    ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--num-classes", type=int, default=None,
+                    help="new (seeded, random) head with this many outputs; default: keep the pretrained head. "
+                         "For meaningful targets use --checkpoint-epoch (a finetuned model)")
     ap.add_argument("--random-weights", action="store_true", help="architecture only (benchmarks, tests)")
-    ap.add_argument("--model-seed", type=int, default=0)
+    ap.add_argument("--model-seed", type=int, default=0, help="seed of random weights / a new head (same on every rank)")
     ap.add_argument("--chunk-size", default="auto")
     ap.add_argument("--autocast", choices=("off", "bf16"), default="off")
     ap.add_argument("--compile", action="store_true")

@@ -40,7 +40,7 @@ def test_sweep_key_ignores_world_size_but_not_parameters() -> None:
 
 def test_torchrun_two_gloo_ranks_equal_single_process(tmp_path: Path) -> None:
     args = [
-        "--preset", "tiny-dino", "--random-weights", "--num-images", "6", "--n-samples", "3",
+        "--preset", "tiny-dino", "--random-weights", "--num-classes", "10", "--num-images", "6", "--n-samples", "3",
         "--seed", "5", "--run-dir", str(tmp_path / "runs"), "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
