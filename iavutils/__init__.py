@@ -41,6 +41,17 @@ _EXPORTS: dict[str, str] = {
     "noise_stream": "attribution",
     "noise_seeds": "attribution",
     "UnsupportedModelError": "hooks",
+    # the embedded world and the real presets
+    "load_model": "models",
+    "ModelInfo": "models",
+    "get_dataset": "data",
+    "gaussian_blur": "shifts",
+    "jigsaw": "shifts",
+    "finetune": "training",
+    "load_checkpoint": "training",
+    "list_checkpoints": "training",
+    "ResultStore": "store",
+    "atomic_write": "store",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
