@@ -91,6 +91,7 @@ __all__ = [
     "last_layer_entropy",
     "max_entropy",
     "global_scores_over_epochs",
+    "uniform_baselines",
     "head_scores",
     "head_type_table",
     "iav_tsne",
@@ -1109,6 +1110,57 @@ def global_scores_over_epochs(
                 scores["AAV (mask)"] = ia_score(patch_pool(r["mask"], grid), r["cls_attn"])
             for name, s in scores.items():
                 rows += _head_rows(p, global_iav(s.double()), {"epoch": e, "score": name}, "value")
+    return pd.DataFrame(rows)
+
+
+def uniform_baselines(
+    presets: Sequence[str],
+    dataset: str = "embedded",
+    *,
+    run_dir: str | os.PathLike | None = "",
+    stride: int | None = None,
+    aav_reference: str | None = "auto",
+    num_images: int = 64,
+    n_samples: int = 25,
+    noise_level: float = 0.15,
+    seed: int = 0,
+    target: str = "label",
+    device: str = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The IA-Score a head with *uniform* attention would get: ``cos(φ_P, 1)``, mean over images.
+
+    Cosines of non-negative vectors are never negative, and a smooth attribution has a high
+    cosine with the flat vector, so "IA-Score > 0.5" is not by itself evidence that a head looks
+    at the object: compare a head's score with this baseline of the same map. It depends only on
+    the map (SmoothGrad of that checkpoint, the reference model's SmoothGrad, or the mask).
+
+    Args:
+        stride: Epoch stride as in :func:`global_scores_over_epochs` (``None``: last epoch only).
+
+    Returns:
+        Columns ``model, epoch, score, baseline`` (``score`` as in :func:`global_scores_over_epochs`).
+    """
+    from .attribution import patch_pool
+
+    params = _analysis_params(num_images, n_samples, noise_level, seed, target, device, progress)
+    runs = _analyses(presets, dataset, run_dir, stride, params, "uniform baselines")
+    if aav_reference == "auto":
+        aav_reference = default_aav_reference(list(presets))
+    ref_phi = checkpoint_analysis(aav_reference, dataset, None, run_dir=run_dir, **params)["smoothgrad"] if aav_reference else None
+    rows = []
+    for p, by_epoch in runs.items():
+        grid = _presets_module().PRESETS[p].grid
+        for e, r in sorted(by_epoch.items()):
+            maps = {"IAV": r["smoothgrad"]}
+            if ref_phi is not None:
+                maps[f"AAV ({aav_reference})"] = ref_phi
+            if "mask" in r:
+                maps["AAV (mask)"] = r["mask"]
+            for name, m in maps.items():
+                phi = patch_pool(m.double(), grid)
+                cos = phi.sum(1) / (phi.norm(dim=1) * phi.shape[1] ** 0.5)
+                rows.append({"model": p, "epoch": e, "score": name, "baseline": float(torch.nanmean(cos))})
     return pd.DataFrame(rows)
 
 

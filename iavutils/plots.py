@@ -219,6 +219,7 @@ def head_profiles(
     row: str | None = None,
     title: str = "",
     ylim: tuple[float, float] | None = None,
+    baselines: pd.DataFrame | None = None,
 ) -> Figure:
     """Figs. 6a and 7: a value per head along the network, heads sorted within each layer.
 
@@ -232,6 +233,8 @@ def head_profiles(
         row: Column splitting the panels into rows (e.g. ``"score"`` for IAV vs AAV).
         title: Figure title.
         ylim: Y limits.
+        baselines: Optional ``model, epoch, baseline`` (+ ``row``) frame; the last epoch's value
+            is drawn as a dotted grey line (e.g. the uniform-attention IA-Score).
     """
     models = _models(df)
     rows = list(dict.fromkeys(df[row])) if row else [None]
@@ -251,6 +254,12 @@ def head_profiles(
                 # Break the line between layers: heads of one layer are parallel, not a sequence.
                 for _, seg in s.groupby("layer"):
                     ax.plot(seg["pos"], seg[value], color=col, lw=1.4, marker=".", ms=3)
+            if baselines is not None:
+                b = baselines[baselines["model"] == p]
+                if r is not None and row in b:
+                    b = b[b[row] == r]
+                if len(b):
+                    ax.axhline(float(b.loc[b["epoch"].idxmax(), "baseline"]), color="0.45", ls=":", lw=1.2)
             for l in range(1, L):
                 ax.axvline(l * H - 0.5, color="0.85", lw=0.8)
             ax.set_xticks([(l + 0.5) * H - 0.5 for l in range(L)], [f"L{l + 1}" for l in range(L)])
@@ -351,12 +360,16 @@ def global_iav_heatmaps(df: pd.DataFrame, score: str = "IAV", epoch: int | None 
 # ----------------------------------------------------------------------------- Fig. 8
 
 
-def head_boxes(df: pd.DataFrame, layers: Sequence[int] | None = None, threshold: float = 0.5) -> Figure:
+def head_boxes(
+    df: pd.DataFrame, layers: Sequence[int] | None = None, threshold: float = 0.5,
+    baselines: dict[str, float] | None = None,
+) -> Figure:
     """Fig. 8: IA-Score distribution of each head over images, High/Low-IA-Head marks.
 
     One row per model, one panel per chosen layer (default: first, middle and last, as in the
     paper). Heads are sorted by median within a panel; the bar under each box is blue for a
-    High-IA-Head (median > ``threshold``) and red for a Low-IA-Head.
+    High-IA-Head (median > ``threshold``) and red for a Low-IA-Head. ``baselines`` (``{model:
+    score}``, e.g. the uniform-attention IA-Score) are drawn as dashed grey lines.
     """
     models = _models(df)
     L = int(df["layer"].max())
@@ -376,6 +389,8 @@ def head_boxes(df: pd.DataFrame, layers: Sequence[int] | None = None, threshold:
                 ax.plot([k - 0.3, k + 0.3], [-0.07, -0.07], color=HIGH_COLOR if high else LOW_COLOR, lw=3,
                         solid_capstyle="butt", clip_on=False)
             ax.axhline(threshold, color="0.5", ls=":", lw=1)
+            if baselines and p in baselines:
+                ax.axhline(baselines[p], color="0.35", ls="--", lw=1)
             ax.set_ylim(-0.1, 1.0)
             ax.set_xticks(range(H), [str(h) for h, _ in heads], fontsize="x-small")
             if i == 0:
@@ -384,9 +399,11 @@ def head_boxes(df: pd.DataFrame, layers: Sequence[int] | None = None, threshold:
                 ax.set_xlabel("head (sorted by median)")
             if j == 0:
                 ax.set_ylabel(f"{model_label(p)}\nIA-Score", color=model_color(p), fontsize="small")
-    fig.legend(handles=[Patch(color=HIGH_COLOR, label=f"High-IA-Head (median > {threshold})"),
-                        Patch(color=LOW_COLOR, label=f"Low-IA-Head (median ≤ {threshold})")],
-               loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.01))
+    handles = [Patch(color=HIGH_COLOR, label=f"High-IA-Head (median > {threshold})"),
+               Patch(color=LOW_COLOR, label=f"Low-IA-Head (median ≤ {threshold})")]
+    if baselines:
+        handles.append(Line2D([], [], color="0.35", ls="--", label="uniform-attention IA-Score"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, -0.01))
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 

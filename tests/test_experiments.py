@@ -209,14 +209,18 @@ def test_sections_and_figures(run_dir: Path) -> None:
     iav = own[own["score"] == "IAV"].sort_values(["layer", "head"])["value"].to_numpy()
     aav = own[own["score"] == "AAV (tiny-dino)"].sort_values(["layer", "head"])["value"].to_numpy()
     assert abs(iav - aav).max() < 1e-6
-    plots.head_profiles(glob, row="score", ylabel="global score", ylim=(0, 1))
+    ub = ex.uniform_baselines(models, "embedded", run_dir=run_dir, stride=1, **SMALL)
+    assert ub["baseline"].between(0, 1).all()
+    # AAV maps are the same for every model, so is their uniform-attention score.
+    assert ub[ub["score"] == "AAV (mask)"].groupby("epoch")["baseline"].nunique().eq(1).all()
+    plots.head_profiles(glob, row="score", ylabel="global score", ylim=(0, 1), baselines=ub)
     plots.global_iav_heatmaps(glob)
 
     hs = ex.head_scores(models, "embedded", run_dir=run_dir, **SMALL)
     assert len(hs) == 2 * 6 * 6 * 4
     table = ex.head_type_table(hs)
     assert table.shape == (2, 6)
-    plots.head_boxes(hs)
+    plots.head_boxes(hs, baselines={"tiny-dino": 0.6})
 
     ts = ex.iav_tsne(models, "embedded", run_dir=run_dir, perplexity=3.0, **SMALL)
     assert set(ts["layer"]) == {f"L{i}" for i in range(1, 7)} | {"classifier"}
