@@ -52,6 +52,16 @@ _EXPORTS: dict[str, str] = {
     "list_checkpoints": "training",
     "ResultStore": "store",
     "atomic_write": "store",
+    # explanation quality and the paper's open questions
+    "perturbation_curve": "evaluation",
+    "localization_metrics": "evaluation",
+    "explanation_maps": "evaluation",
+    "evaluate_explanations": "evaluation",
+    "ablate_heads": "ablation",
+    "head_ablation": "ablation",
+    "group_ablation": "ablation",
+    "separability_test": "separability",
+    "trend_features": "separability",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
