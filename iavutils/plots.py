@@ -23,6 +23,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "MODEL_COLORS",
@@ -139,6 +140,7 @@ def accuracy_curves(history: pd.DataFrame, metric: str = "val_acc", title: str |
         if "train_acc" in h and metric != "train_acc" and h["train_acc"].notna().any():
             ax.plot(h["epoch"], 100 * h["train_acc"], ls="--", lw=1, color=model_color(p), alpha=0.6)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "Validation accuracy (solid) and training accuracy (dashed)")
     ax.legend(frameon=False, fontsize="small")
@@ -179,6 +181,7 @@ def training_dynamics(df: pd.DataFrame) -> Figure:
             s = df[df["model"] == p].sort_values("epoch")
             ax.plot(s["epoch"], s[col], marker="o", ms=3, color=model_color(p), label=model_label(p))
         ax.set_xlabel("epoch t")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("distance to last epoch (unit-L2 maps)")
         ax.set_title(title)
         ax.set_ylim(bottom=0)
