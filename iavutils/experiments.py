@@ -315,11 +315,20 @@ def ensure_finetuned(
     from . import training
 
     info = _presets_module().PRESETS[preset]
-    if not recipe:
-        recipe = "tiny" if info.is_tiny else "paper"
-    config = training.RECIPES[recipe]
-    if epochs is not None:
-        config = dataclasses.replace(config, epochs=int(epochs))
+    run = training.run_path(resolve_run_dir(run_dir), dataset, preset)
+    if not recipe and epochs is None and max_train is None and (run / "config.json").is_file():
+        # No override asked for: a chapter that only needs *a* finetuned model takes the run
+        # that is there (e.g. made by 00_finetune with its own epochs), resuming it if cut short.
+        stored = json.loads((run / "config.json").read_text())
+        fields = {f.name for f in dataclasses.fields(training.FinetuneConfig)}
+        config = training.FinetuneConfig(**{k: v for k, v in stored.items() if k in fields})
+        max_train = stored.get("max_train")
+    else:
+        if not recipe:
+            recipe = "tiny" if info.is_tiny else "paper"
+        config = training.RECIPES[recipe]
+        if epochs is not None:
+            config = dataclasses.replace(config, epochs=int(epochs))
     training.finetune(
         preset, dataset=dataset, run_dir=str(resolve_run_dir(run_dir)), config=config,
         device=str(resolve_device(device)), progress=progress,

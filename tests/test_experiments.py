@@ -268,3 +268,16 @@ def test_pretraining_contrast() -> None:
                                  "self-supervised higher", "d")
     assert "does not hold" in no
     assert "needs both" in ex.pretraining_contrast({"tiny-sup": 1.0}, "self-supervised higher", "d")
+
+
+def test_ensure_finetuned_takes_the_existing_run(tmp_path: Path) -> None:
+    # 00_finetune makes a run with its own epochs; later chapters ask for "a finetuned model"
+    # without overrides and must take that run instead of failing on a config mismatch.
+    first = ex.ensure_finetuned("tiny-sup", "embedded", tmp_path, epochs=1, max_train=16, device="cpu", progress=False)
+    ckpt = tmp_path / "embedded" / "tiny-sup" / "checkpoints" / "epoch_001.safetensors"
+    stamp = ckpt.stat().st_mtime_ns
+    again = ex.ensure_finetuned("tiny-sup", "embedded", tmp_path, device="cpu", progress=False)
+    assert list(again["epoch"]) == list(first["epoch"]) == [0, 1]
+    assert ckpt.stat().st_mtime_ns == stamp  # nothing retrained
+    with pytest.raises(ValueError, match="different configuration"):
+        ex.ensure_finetuned("tiny-sup", "embedded", tmp_path, epochs=2, device="cpu", progress=False)

@@ -16,17 +16,17 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 COMMON_PARAMETERS = '''\
-model = "tiny-mim,tiny-dino,tiny-sup,tiny-sup21k"  # a preset, comma-separated presets, or "tiny" / "real"
-run_dir = ""  # "" = $IAV_RUN_DIR, else <repository>/runs
-dataset = "auto"  # "auto": "embedded" for the tiny presets, "cifar10" otherwise
+model = "tiny-mim,tiny-dino,tiny-sup,tiny-sup21k"  # a preset, comma-separated presets, or tiny / real
+run_dir = ""  # empty: $IAV_RUN_DIR, else <repository>/runs
+dataset = "auto"  # auto: embedded for the tiny presets, cifar10 otherwise
 num_images = 64  # held-out images analysed (the same seeded subset for every model)
 n_samples = 25  # SmoothGrad noisy copies per image
 noise_level = 0.15  # SmoothGrad noise, as a fraction of the image's value range
-device = "auto"  # "auto" = CUDA if available, else CPU
+device = "auto"  # auto: CUDA if available, else CPU
 seed = 0  # image subset and SmoothGrad noise'''
 
 ANALYSIS_EXTRA = '''
-target = "label"  # class explained by SmoothGrad: "label" (ground truth) or "predicted"'''
+target = "label"  # class explained by SmoothGrad: label (ground truth) or predicted'''
 
 SETUP = '''\
 import matplotlib.pyplot as plt
@@ -108,9 +108,9 @@ paper's recipe on CIFAR-10. Finetuning resumes where it stopped and is skipped w
 epoch is already there.
 '''),
         parameters('''
-epochs = None  # None: the recipe's number of epochs (tiny: 6, paper: 30)
+epochs = None  # None: the recipe's number of epochs (tiny: 4, paper: 30)
 max_train = None  # None: every training image; a number trains on the first max_train only
-recipe = ""  # "": "tiny" for embedded presets, "paper" otherwise''', analysis=False),
+recipe = ""  # empty: tiny for embedded presets, paper otherwise''', analysis=False),
         setup(analysis=False),
         code('''
 for p in presets:
@@ -400,7 +400,7 @@ the embedded dataset also has ground-truth object masks, which give a second AAV
 '''),
         parameters('''
 epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one always)
-aav_reference = "auto"  # preset whose last-checkpoint SmoothGrad is the AAV map ("auto": the DINO-like one)
+aav_reference = "auto"  # preset whose last-checkpoint SmoothGrad is the AAV map (auto: the DINO-like one)
 example = 0  # which analysed image Fig. 2 shows'''),
         setup(),
         md(DEFINITIONS),
