@@ -158,7 +158,7 @@ of the patch-grid variant are exactly the model's patches (grid read from the mo
 randomness is seeded and identical for every model.
 '''),
         parameters('''
-num_eval = 500  # held-out images for the accuracies under shift (0 = the whole split)''', analysis=False),
+num_eval = 500  # held-out images for the accuracies under shift; 0: the whole split''', analysis=False),
         setup(analysis=False),
         md('''
 ## Accuracy of the last checkpoint
@@ -616,6 +616,9 @@ def main() -> None:
         for cell in nb.cells:
             if cell.cell_type == "code" and cell.source.startswith("import matplotlib.pyplot as plt"):
                 cell.source = "import pandas as pd\n" + cell.source
+        # Stable cell ids, so that regenerating an unchanged notebook changes nothing in git.
+        for i, cell in enumerate(nb.cells):
+            cell.id = f"{name.split('_')[0]}-{i:02d}"
         nbformat.validate(nb)
         path = NOTEBOOK_DIR / f"{name}.ipynb"
         nbformat.write(nb, path)
