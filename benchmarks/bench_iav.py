@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +52,7 @@ from iavutils import engine  # noqa: E402
 from iavutils.attribution import noise_seeds, patch_pool  # noqa: E402
 from iavutils.hooks import model_geometry  # noqa: E402
 from iavutils.scores import ia_score  # noqa: E402
+from iavutils.store import atomic_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -486,10 +486,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["chunk_sweep"] = sweep
 
     out = Path(args.out) if args.out else RESULTS / f"{args.model}_{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(report, indent=2, default=str))
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return report
 

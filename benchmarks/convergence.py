@@ -25,7 +25,6 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from iavutils import engine  # noqa: E402
 from iavutils.attribution import noise_seeds  # noqa: E402
 from iavutils.scores import ia_score  # noqa: E402
+from iavutils.store import atomic_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -172,10 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "curves": {m: {str(n): d for n, d in c.items()} for m, c in curves.items()}, "summary": summary,
               "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     out = Path(args.out) if args.out else RESULTS / f"convergence_{args.model}_{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(report, indent=2, default=str))
     print(f"wrote {out}")
     return report
 
