@@ -120,18 +120,9 @@ def test_mean_gmar_weights_sum_to_one():
 
 
 def test_run_head_ablation_on_a_run(tmp_path):
-    import json
+    from fake_runs import write_fake_run
 
-    from safetensors.torch import save_file
-
-    from iavutils.models import build_model
-
-    run = tmp_path / "embedded" / "tiny-sup"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.manual_seed(0)
-    model = build_model("tiny-sup", num_classes=10)
-    save_file({n: v.contiguous() for n, v in model.state_dict().items()}, run / "checkpoints" / "epoch_000.safetensors")
-    (run / "config.json").write_text(json.dumps({"preset": "tiny-sup", "dataset": "embedded", "num_classes": 10}))
+    write_fake_run(tmp_path, "tiny-sup")
     r = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, num_images=4, n_samples=2, ablation_images=8,
                              device="cpu", progress=False)
     assert r["ia"].shape == (6, 4) and r["single.logit_drop"].shape == (6, 4)

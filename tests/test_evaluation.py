@@ -255,18 +255,9 @@ def test_precomputed_maps_are_used():
 
 
 def test_run_explanation_eval_is_cached(tmp_path, monkeypatch):
-    import json
+    from fake_runs import write_fake_run
 
-    from safetensors.torch import save_file
-
-    from iavutils.models import build_model
-
-    run = tmp_path / "embedded" / "tiny-dino"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.manual_seed(0)
-    model = build_model("tiny-dino", num_classes=10)
-    save_file({n: v.contiguous() for n, v in model.state_dict().items()}, run / "checkpoints" / "epoch_000.safetensors")
-    (run / "config.json").write_text(json.dumps({"preset": "tiny-dino", "dataset": "embedded", "num_classes": 10}))
+    write_fake_run(tmp_path, "tiny-dino")
     kw = dict(num_images=4, n_samples=2, device="cpu", progress=False, methods=("rollout", "gmar_l1", "smoothgrad", "random"))
     res = ev.run_explanation_eval("tiny-dino", "embedded", tmp_path, **kw)
     assert res["positive.gmar_l1"].shape == (10, 4) and res["loc.miou.rollout"].shape == (4,)
