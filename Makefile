@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 install: $(STAMP)
+	bash tools/ensure_data.sh
 
 test: $(STAMP)
 	bash tools/ensure_browser.sh
+	bash tools/ensure_data.sh
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -497,7 +497,8 @@ def get_dataset(name: str, split: str = "train", info=None, root: str | os.PathL
     """Returns a dataset by name.
 
     Args:
-        name: ``"embedded"`` (target), ``"source-small"``, ``"source-large"`` or ``"cifar10"``.
+        name: ``"embedded"`` (target), ``"source-small"``, ``"source-large"``, ``"cifar10"`` or
+            ``"fashion-mnist"`` (real garment photos with masks, :mod:`iavutils.fashion_mnist`).
         split: ``"train"``, ``"val"``, ``"test"`` (CIFAR-10: ``"train"``/``"test"``).
         info: The model's :class:`~iavutils.models.ModelInfo`: images are resized to its input
             size and normalised with its mean/std. ``None``: 32×32 with mean = std = 0.5.
@@ -510,6 +511,10 @@ def get_dataset(name: str, split: str = "train", info=None, root: str | os.PathL
     """
     if name in DATASETS:
         return EmbeddedDataset(name, split, info=info, seed=seed)
+    if name in ("fashion-mnist", "fashion_mnist", "FashionMNIST"):
+        from .fashion_mnist import FashionMNISTDataset
+
+        return FashionMNISTDataset(split, info=info, root=root, download=download)
     if name in ("cifar10", "cifar-10", "CIFAR10"):
         return CIFAR10Dataset(split, info=info, root=root, download=download)
-    raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS) + ['cifar10']}")
+    raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS) + ['cifar10', 'fashion-mnist']}")
