@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 PRESETS ?= tiny
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast book notebooks bench pretrain clean
+.PHONY: install test test-fast book notebooks bench pretrain rehearse clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,12 @@ bench: $(STAMP)
 
 pretrain: $(STAMP)
 	$(BIN)/python -m iavutils.pretrain --all
+
+# Every chapter with the hub presets, offline, at smoke scale: a generated hub cache (random
+# weights, real files and shapes) and CIFAR-10 in its official format, in a temporary folder.
+# Default: the four real presets; `make rehearse PRESETS=beit,deit` for a subset.
+rehearse: $(STAMP)
+	$(BIN)/python -m iavutils.rehearsal --presets $(if $(filter command line environment,$(origin PRESETS)),$(PRESETS),real)
 
 clean:
 	rm -rf _build book/_build book/generated runs

@@ -758,6 +758,9 @@ def run_explanation_eval(
     epoch = max(ckpts) if epoch is None else int(epoch)
     if target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
+    if not ex.has_masks(dataset):
+        ex.warn_no_masks(dataset, "localization against the masks (pixel accuracy, mIoU, AP, pointing "
+                                  "game) and the AAV with the mask")
     key = {
         "version": _EVAL_VERSION, "preset": preset, "dataset": dataset, "epoch": epoch,
         "fingerprint": ex.checkpoint_fingerprint(ckpts[epoch]), "num_images": num_images,

@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ __all__ = [
     "analysis_epochs",
     "checkpoint_fingerprint",
     "load_images",
+    "has_masks",
+    "NoMasksWarning",
     "class_names",
     "default_split",
     "default_aav_reference",
@@ -485,9 +488,14 @@ def load_images(
     """
     ds = _dataset(dataset, split or default_split(dataset), info)
     idx = _indices(len(ds), num_images, seed)
-    if hasattr(ds, "get_batch"):  # embedded data renders a batch at once
-        x, y, mask = ds.get_batch(idx)
-        return {"x": x, "y": torch.as_tensor(y).long(), "indices": idx.clone(), "mask": mask.float()}
+    if hasattr(ds, "get_batch"):
+        # Datasets prepare a batch at once: ``(x, y, mask)`` with object masks (embedded data),
+        # ``(x, y)`` without (CIFAR-10). Without masks, callers skip what needs them.
+        batch = ds.get_batch(idx)
+        out = {"x": batch[0], "y": torch.as_tensor(batch[1]).long(), "indices": idx.clone()}
+        if len(batch) > 2 and batch[2] is not None:
+            out["mask"] = torch.as_tensor(batch[2]).float()
+        return out
     xs, ys, masks = [], [], []
     for i in idx.tolist():
         item = ds[i]
@@ -499,6 +507,29 @@ def load_images(
     if masks and len(masks) == len(xs):
         out["mask"] = torch.stack(masks)
     return out
+
+
+class NoMasksWarning(UserWarning):
+    """The dataset has no object masks: what needs them is skipped, everything else is computed."""
+
+
+def has_masks(dataset: str) -> bool:
+    """Whether the dataset's items carry per-pixel object masks (embedded data and Fashion-MNIST:
+    yes; CIFAR-10: no)."""
+    return dataset not in ("cifar10", "cifar-10", "CIFAR10")
+
+
+def warn_no_masks(dataset: str, skipped: str) -> None:
+    """States, once per calling line, what a mask-less dataset leaves out (shown in notebooks).
+
+    Args:
+        dataset: The dataset name.
+        skipped: What is not computed, e.g. ``"the AAV with the object mask"``.
+    """
+    warnings.warn(
+        f"{dataset} has no object masks: {skipped} is skipped; everything else is computed. "
+        "The embedded dataset has masks (dataset='embedded' with the tiny presets).",
+        NoMasksWarning, stacklevel=3)
 
 
 def class_names(dataset: str) -> tuple[str, ...]:
@@ -1108,6 +1139,8 @@ def global_scores_over_epochs(
     if aav_reference:
         ref = checkpoint_analysis(aav_reference, dataset, None, run_dir=run_dir, **params)
         ref_phi = ref["smoothgrad"]
+    if not has_masks(dataset):
+        warn_no_masks(dataset, "the AAV with the object mask ('AAV (mask)')")
     rows = []
     for p, by_epoch in runs.items():
         grid = _presets_module().PRESETS[p].grid
@@ -1318,7 +1351,8 @@ def class_separability(
 
     ``knn_accuracy``: leave-one-out 5-nearest-neighbour accuracy (%) of the label from the
     layer's IAV (chance = 100/classes); ``silhouette``: silhouette score of the labels in IAV
-    space (−1…1). Both on the raw IAVs, not on the t-SNE coordinates.
+    space (−1…1; NaN where it is undefined: a single class, or as many classes as images). Both
+    on the raw IAVs, not on the t-SNE coordinates.
 
     Returns:
         Columns ``model, layer, knn_accuracy, silhouette``.
@@ -1333,7 +1367,8 @@ def class_separability(
         y = r["labels"].numpy()
         for name, f in _layer_features(r).items():
             knn = _loo_knn_accuracy(f, y, k=5)
-            sil = silhouette_score(f, y) if len(set(y.tolist())) > 1 else float("nan")
+            # The silhouette needs 2 ≤ classes ≤ images − 1 (a handful of images can all differ).
+            sil = silhouette_score(f, y) if 1 < len(set(y.tolist())) < len(y) else float("nan")
             rows.append({"model": p, "layer": name, "knn_accuracy": 100 * knn, "silhouette": float(sil)})
     return pd.DataFrame(rows)
 

@@ -10,6 +10,7 @@ from timm.models.beit import Beit
 from timm.models.vision_transformer import VisionTransformer
 
 from iavutils import models
+from iavutils.rehearsal import timm_beit_to_hf
 from iavutils.models import (
     PRESETS,
     REAL_PRESETS,
@@ -119,41 +120,9 @@ def _small_beit(**kw):
 
 
 def _timm_to_hf(model, shared=True):
-    """The test's own inverse mapping: timm Beit -> the pt22k checkpoint's Hugging Face naming."""
-    sd = model.state_dict()
-    d = sd["cls_token"].shape[-1]
-    hf = {
-        "beit.embeddings.cls_token": sd["cls_token"],
-        "beit.embeddings.mask_token": torch.randn(1, 1, d),
-        "beit.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-        "beit.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-        "layernorm.weight": torch.randn(d),
-        "layernorm.bias": torch.randn(d),
-        "lm_head.weight": torch.randn(8192, d),
-        "lm_head.bias": torch.randn(8192),
-    }
-    for i in range(len(model.blocks)):
-        p, b = f"blocks.{i}.", f"beit.encoder.layer.{i}."
-        q, k, v = sd[p + "attn.qkv.weight"].chunk(3)
-        hf.update({
-            b + "attention.attention.query.weight": q, b + "attention.attention.query.bias": sd[p + "attn.q_bias"],
-            b + "attention.attention.key.weight": k,
-            b + "attention.attention.value.weight": v, b + "attention.attention.value.bias": sd[p + "attn.v_bias"],
-            b + "attention.output.dense.weight": sd[p + "attn.proj.weight"],
-            b + "attention.output.dense.bias": sd[p + "attn.proj.bias"],
-            b + "layernorm_before.weight": sd[p + "norm1.weight"], b + "layernorm_before.bias": sd[p + "norm1.bias"],
-            b + "layernorm_after.weight": sd[p + "norm2.weight"], b + "layernorm_after.bias": sd[p + "norm2.bias"],
-            b + "intermediate.dense.weight": sd[p + "mlp.fc1.weight"], b + "intermediate.dense.bias": sd[p + "mlp.fc1.bias"],
-            b + "output.dense.weight": sd[p + "mlp.fc2.weight"], b + "output.dense.bias": sd[p + "mlp.fc2.bias"],
-            b + "lambda_1": sd[p + "gamma_1"], b + "lambda_2": sd[p + "gamma_2"],
-        })
-        if not shared:
-            hf[b + "attention.attention.relative_position_bias.relative_position_bias_table"] = sd[p + "attn.relative_position_bias_table"]
-            hf[b + "attention.attention.relative_position_bias.relative_position_index"] = torch.zeros(3, dtype=torch.long)
-    if shared:
-        hf["beit.encoder.relative_position_bias.relative_position_bias_table"] = sd["blocks.0.attn.relative_position_bias_table"]
-        hf["beit.encoder.relative_position_bias.relative_position_index"] = torch.zeros(3, dtype=torch.long)
-    return hf
+    """timm Beit -> the pt22k checkpoint's Hugging Face naming (the generator the rehearsal's
+    hub cache uses, written independently of the conversion under test)."""
+    return timm_beit_to_hf(model.state_dict(), shared=shared)
 
 
 def _randomise(model):

@@ -1,0 +1,108 @@
+"""A dataset without object masks (CIFAR-10) reaches every chapter's computation.
+
+CIFAR-10 in its official format (written by :func:`iavutils.rehearsal.write_cifar10`) and two
+tiny presets (timm ``Beit`` and ``VisionTransformer``; CIFAR's 32×32 is their input size), each
+finetuned for one epoch; then the functions every chapter 01–11 calls, with small parameters.
+What needs masks (localization, the AAV with the mask) is skipped with a stated reason; the
+rest is computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from iavutils import ablation as ab
+from iavutils import evaluation as ev
+from iavutils import experiments as ex
+from iavutils import separability as sp
+from iavutils.explorer import build_explorer, summary_figure, top_heads
+from iavutils.rehearsal import write_cifar10
+
+PRESETS = ["tiny-mim", "tiny-sup"]
+SMALL = dict(num_images=4, n_samples=2, noise_level=0.15, seed=0, target="label", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory):
+    """A run directory with both presets finetuned on a small CIFAR-10 (one epoch)."""
+    root = tmp_path_factory.mktemp("maskless")
+    write_cifar10(root / "data", folder=True, archive=False)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("IAV_DATA", str(root / "data"))
+    mp.setenv("TQDM_DISABLE", "1")
+    run = root / "runs"
+    for p in PRESETS:
+        ex.ensure_finetuned(p, "cifar10", run, epochs=1, max_train=32, device="cpu", progress=False)
+    yield run
+    mp.undo()
+
+
+def test_load_images_without_masks(cifar_run):
+    from iavutils.models import PRESETS as INFO
+
+    data = ex.load_images("cifar10", INFO["tiny-sup"], 4, seed=0)
+    assert set(data) == {"x", "y", "indices"}
+    assert data["x"].shape == (4, 3, 32, 32) and data["y"].dtype == torch.long
+    assert not ex.has_masks("cifar10") and ex.has_masks("embedded")
+
+
+def test_analysis_chapters_02_to_07(cifar_run):
+    run = cifar_run
+    common = dict(run_dir=run, **SMALL)
+    r = ex.checkpoint_analysis("tiny-sup", "cifar10", **common)
+    assert "mask" not in r and r["iav"].shape == (4, 6, 4)
+    # 01
+    acc = ex.accuracy_table(PRESETS, "cifar10", run_dir=run, device="cpu")
+    assert list(acc.columns) == ["model", "pretraining", "test accuracy (%)"]
+    rob = ex.robustness_curves(PRESETS, "cifar10", run_dir=run, num_eval=4, device="cpu", progress=False)
+    assert set(rob["shift_kind"]) == {"blur", "jigsaw-2", "jigsaw-grid"}
+    # 02, 03, 04
+    dyn = ex.training_dynamics(PRESETS, "cifar10", stride=1, **common)
+    assert sorted(dyn["epoch"].unique()) == [0, 1]
+    mask = ex.masking_curves(PRESETS, "cifar10", **common)
+    assert set(mask["method"]) == set(ex.MASK_METHODS)
+    assert not ex.entropy_over_epochs(PRESETS, "cifar10", stride=1, **common).empty
+    assert not ex.last_layer_entropy(PRESETS, "cifar10", **common).empty
+    # 05: everything but the AAV with the mask, which is skipped with its reason
+    examples = [ex.example_maps(p, "cifar10", sample=0, **common) for p in PRESETS]
+    assert all("mask" not in e and e["image"].shape == (32, 32, 3) for e in examples)
+    with pytest.warns(ex.NoMasksWarning, match="cifar10 has no object masks"):
+        scores = ex.global_scores_over_epochs(PRESETS, "cifar10", stride=1, aav_reference="tiny-sup", **common)
+    assert set(scores["score"]) == {"IAV", "AAV (tiny-sup)"}
+    uni = ex.uniform_baselines(PRESETS, "cifar10", stride=1, aav_reference="tiny-sup", **common)
+    assert set(uni["score"]) == {"IAV", "AAV (tiny-sup)"}
+    # 06, 07
+    hs = ex.head_scores(PRESETS, "cifar10", **common)
+    assert not ex.head_type_table(hs).empty
+    assert set(ex.iav_tsne(PRESETS, "cifar10", perplexity=2.0, **common)["model"]) == set(PRESETS)
+    assert not ex.class_separability(PRESETS, "cifar10", **common).empty
+    assert len(ex.class_names("cifar10")) == 10
+
+
+def test_gmar_chapter_08_skips_localization_with_reason(cifar_run):
+    kw = {k: v for k, v in SMALL.items()}
+    with pytest.warns(ex.NoMasksWarning, match="localization"):
+        results = {p: ev.run_explanation_eval(p, "cifar10", cifar_run, **kw) for p in PRESETS}
+    assert all("aav_mask" not in r and not any(k.startswith("loc.") for k in r) for r in results.values())
+    table = ev.explanation_table(results)
+    assert table[table["method"].isin(ev.PERTURBATION_METHODS)]["auc_positive"].notna().all()
+    assert table[table["method"].isin(ev.PATCH_MASKING_METHODS)]["auc_patch_positive"].notna().all()
+    assert table["miou"].isna().all()
+    assert len(ev.gmar_vs_rollout(results, n_boot=50)) == 2 * 2 * len(PRESETS)
+
+
+def test_explorer_ablation_separability_09_to_11(cifar_run):
+    widget, maps = build_explorer(",".join(PRESETS), str(cifar_run), "cifar10", image_index="0,1", n_samples=2,
+                                  device="cpu")
+    assert len(maps) == 2 * len(PRESETS)
+    summary_figure(maps)
+    assert len(top_heads(maps, k=2)) > 0
+    res = {p: ab.run_head_ablation(p, "cifar10", cifar_run, ablation_images=4, **SMALL) for p in PRESETS}
+    frame = ab.ablation_frame(res)
+    assert len(frame) == 2 * 6 * 4 and frame["logit_drop"].notna().all()
+    trends = sp.checkpoint_trends(PRESETS, "cifar10", cifar_run, epoch_stride=1, **SMALL)
+    assert set(trends) == set(PRESETS) and trends["tiny-sup"]["epochs"].tolist() == [0, 1]
+    assert not math.isnan(float(trends["tiny-sup"]["global_iav"].double().nanmean()))
