@@ -52,12 +52,13 @@ def load(model_name: str, count: int, split: str) -> tuple[torch.nn.Module, torc
     # classes); a headless preset gets a seeded random 10-class head, said so in the note
     torch.manual_seed(0)
     try:
-        model, info = load_model(model_name)
-        note = f"{model_name}, shipped weights"
-        if isinstance(model.head, torch.nn.Identity):
+        try:
+            model, info = load_model(model_name)
+            note = f"{model_name}, shipped weights"
+        except ValueError:  # a preset without a pretrained head asks for an explicit num_classes
             torch.manual_seed(0)
             model, info = load_model(model_name, num_classes=10)
-            note += " + seeded random 10-class head (preset has no head)"
+            note = f"{model_name}, shipped weights + seeded random 10-class head (preset has no head)"
     except Exception as err:
         torch.manual_seed(0)
         model, info = load_model(model_name, num_classes=10, pretrained=False)

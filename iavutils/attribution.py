@@ -11,20 +11,98 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from .hooks import check_input, eval_mode, model_geometry
+from .hooks import check_grad_mode, check_input, eval_mode, grad_input, model_geometry
 
 __all__ = [
     "gradcam",
     "noise_seeds",
     "noise_stream",
     "patch_pool",
+    "check_target",
     "resolve_target",
     "smoothgrad",
 ]
 
 
+_TARGET_FORMS = "None or 'predicted' (the predicted class), an int class index, or an integer tensor of shape [B]"
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, Tensor):
+        return f"a {obj.dtype} tensor of shape {tuple(obj.shape)}"
+    return f"{obj!r} ({type(obj).__name__})"
+
+
+def check_target(target: object, batch_size: int | None = None) -> int | Tensor | None:
+    """Validate a target specification, the one check every entry point shares.
+
+    Accepted: ``None`` or ``"predicted"`` (the predicted class), an int (a Python or NumPy
+    integer, not a bool), or integers in a tensor / array / list of shape ``[B]`` (a single
+    element is broadcast over the batch). Floats and bools are rejected rather than cast: a
+    silently truncated ``3.7`` or a ``True`` read as class 1 would explain the wrong class.
+
+    Args:
+        target: The specification.
+        batch_size: ``B``, to check a tensor's length (``None``: not checked).
+
+    Returns:
+        ``None`` (predicted class), an ``int``, or a long tensor ``[B]`` (``[1]`` when
+        ``batch_size`` is ``None`` and one element was given).
+
+    Raises:
+        TypeError: Not one of the accepted forms (float, bool, string other than
+            ``"predicted"``, floating-point or bool tensor).
+        ValueError: A tensor of the wrong shape.
+    """
+    import numbers
+
+    import numpy as np
+
+    if target is None:
+        return None
+    if isinstance(target, str):
+        if target in ("predicted", "pred"):
+            return None
+        raise TypeError(
+            f"target must be {_TARGET_FORMS}; got the string {target!r}. (Labels are passed as a "
+            f"tensor of class indices; only dataset-level entry points take target='label'.)"
+        )
+    if isinstance(target, (bool, np.bool_)):
+        raise TypeError(f"target must be {_TARGET_FORMS}; got the bool {target!r}, which is not a class index")
+    if isinstance(target, numbers.Integral):
+        return int(target)
+    if isinstance(target, numbers.Number):
+        raise TypeError(
+            f"target must be {_TARGET_FORMS}; got {_describe(target)}. Class indices are integers: "
+            f"pass int(target) if you mean to round it."
+        )
+    if isinstance(target, (list, tuple, np.ndarray)):
+        try:
+            target = torch.as_tensor(np.asarray(target))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"target must be {_TARGET_FORMS}; got {_describe(target)} ({err})") from None
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be {_TARGET_FORMS}; got {_describe(target)}")
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise TypeError(
+            f"target must be {_TARGET_FORMS}; got {_describe(target)}. Convert class indices with "
+            f"target.long() (floating-point or bool targets are not cast silently)."
+        )
+    if target.dim() > 1:
+        raise ValueError(f"target must be None, an int or a [B] tensor, got shape {tuple(target.shape)}")
+    t = target.long().reshape(-1)
+    if batch_size is not None:
+        if t.numel() == 1 and batch_size != 1:
+            t = t.expand(batch_size)
+        if t.shape != (batch_size,):
+            raise ValueError(f"target must be None, an int or a [B]={batch_size} tensor, got shape {tuple(target.shape)}")
+    return t
+
+
 def resolve_target(target: int | Tensor | None, logits: Tensor) -> Tensor:
     """Turn ``None`` (predicted class), an int or a ``[B]`` tensor into a ``[B]`` long tensor.
+
+    The specification is checked by :func:`check_target` (floats and bools are rejected).
 
     Args:
         target: Class index specification.
@@ -34,19 +112,17 @@ def resolve_target(target: int | Tensor | None, logits: Tensor) -> Tensor:
         Target classes ``[B]`` on ``logits.device``.
 
     Raises:
+        TypeError: Not an accepted form (see :func:`check_target`).
         ValueError: Wrong shape or a class index out of range.
     """
     B, C = logits.shape
-    if target is None:
+    spec = check_target(target, B)
+    if spec is None:
         t = logits.detach().argmax(dim=1)
-    elif isinstance(target, int):
-        t = torch.full((B,), target, dtype=torch.long, device=logits.device)
+    elif isinstance(spec, int):
+        t = torch.full((B,), spec, dtype=torch.long, device=logits.device)
     else:
-        t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
-        if t.numel() == 1 and B != 1:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"target must be None, an int or a [B]={B} tensor, got shape {tuple(t.shape)}")
+        t = spec.to(logits.device)
     if (t < 0).any() or (t >= C).any():
         raise ValueError(f"target class out of range [0, {C}): {t.tolist()}")
     return t
@@ -130,6 +206,8 @@ def smoothgrad(
         Non-negative attribution ``[B,H,W]``.
     """
     check_input(model, x)
+    check_grad_mode("smoothgrad")
+    target = check_target(target, x.shape[0])
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if noise_level < 0:
@@ -182,6 +260,7 @@ def gradcam(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> 
     """
     geo = model_geometry(model)
     check_input(model, x)
+    check_grad_mode("gradcam")
     norm1 = getattr(model.blocks[-1], "norm1", None)
     if norm1 is None:
         raise TypeError(f"{type(model).__name__}.blocks[-1] has no `norm1`; GradCAM needs it")
@@ -193,7 +272,7 @@ def gradcam(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> 
     handle = norm1.register_forward_hook(hook)
     try:
         with eval_mode(model), torch.enable_grad():
-            logits = model(x.detach().requires_grad_(True))
+            logits = model(grad_input(x).requires_grad_(True))
             t = resolve_target(target, logits)
             y = logits.gather(1, t.unsqueeze(1)).sum()
     finally:

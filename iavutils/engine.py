@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attribution import noise_seeds, resolve_target
-from .hooks import ModelGeometry, check_input, eval_mode, model_geometry
+from .attribution import check_target, noise_seeds, resolve_target
+from .hooks import ModelGeometry, check_dtype_device, check_grad_mode, check_input, eval_mode, model_geometry
 from .scores import cls_attention, ia_score
 
 __all__ = [
@@ -235,6 +235,7 @@ def engine_cls_attention(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         ``(logits [B,C], cls_attn [B,L,H,P])``.
     """
     geo = _geometry(model)
+    check_dtype_device(model, x)
     with eval_mode(model), torch.inference_mode(), _ClsRowTap(model, geo.num_prefix_tokens) as tap:
         logits = model(x)
         rows = tap.pop()
@@ -635,10 +636,18 @@ def smoothgrad_fast(
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    check_input(model, x)
+    check_grad_mode("smoothgrad_fast")
     B, C_in, Hh, Ww = x.shape
     device = x.device
     grid = grid or _geometry(model).grid
-    target = torch.as_tensor(target, dtype=torch.long, device=device).reshape(-1).expand(B)
+    spec = check_target(target, B)
+    if spec is None:
+        raise ValueError(
+            "smoothgrad_fast needs explicit target classes (an int or an integer [B] tensor); "
+            "iav_fast(target=None) uses the predicted class"
+        )
+    target = torch.full((B,), spec, dtype=torch.long, device=device) if isinstance(spec, int) else spec.to(device)
     ph, pw = Hh // grid[0], Ww // grid[1]
     seeds = noise_seeds(B, generator) if seeds is None else torch.as_tensor(seeds, dtype=torch.long)
     if seeds.numel() != B:
@@ -662,7 +671,7 @@ def smoothgrad_fast(
     fwd = _forward_fn(model, compile)
     it = range(len(plan.sizes))
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
         it = tqdm(it, desc="smoothgrad chunks", leave=False)
     start = 0
@@ -755,6 +764,8 @@ def iav_fast(
     """
     geo = _geometry(model)
     check_input(model, x)
+    check_grad_mode("iav_fast")
+    check_target(target, x.shape[0])
     device = x.device
     with _threads(num_threads):
         with _autocast_ctx(device, autocast):
@@ -844,7 +855,7 @@ def iav_dataset(
     *,
     indices: Sequence[int] | None = None,
     num_images: int | None = None,
-    target: Literal["pred", "label"] = "pred",
+    target: Literal["pred", "predicted", "label"] = "pred",
     n_samples: int = 25,
     noise_level: float = 0.15,
     seed: int = 0,
@@ -871,7 +882,7 @@ def iav_dataset(
             non-shuffling ``DataLoader`` (indices are then positions in iteration order).
         indices: dataset indices to process (default: all, or the first ``num_images``).
         num_images: cap on the number of images.
-        target: ``"pred"`` (predicted class, the paper's ``ŷ``) or ``"label"``.
+        target: ``"pred"`` / ``"predicted"`` (predicted class, the paper's ``ŷ``) or ``"label"``.
         n_samples, noise_level, noise, chunk_size, memory_budget, autocast, compile: as
             ``iav_fast``.
         seed: base seed.
@@ -886,6 +897,9 @@ def iav_dataset(
         dataset has none), ``indices [N]``, ``seeds [N]``, ``cls_attention [N,L,H,P]``,
         ``attribution [N,P]``.
     """
+    if target not in ("pred", "predicted", "label"):
+        raise ValueError(f"target must be 'pred' (alias 'predicted': the predicted class) or 'label', got {target!r}")
+    check_grad_mode("iav_dataset")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if indices is None and num_images is not None and not isinstance(dataset_or_loader, torch.utils.data.DataLoader):
         indices = range(min(num_images, len(dataset_or_loader)))
@@ -908,7 +922,7 @@ def iav_dataset(
         total = min(total, num_images)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
         bar = tqdm(total=total, desc="IAV", unit="img")
     keys = ["iav", "targets", "preds", "labels", "indices", "seeds", "attribution"]
@@ -928,8 +942,7 @@ def iav_dataset(
                 if bool((yb < 0).any()):
                     raise ValueError("target='label' needs labelled items")
                 tgt = yb.to(device)
-            elif target != "pred":
-                raise ValueError("target must be 'pred' or 'label'")
+
             det = iav_fast(
                 model, xb, tgt, n_samples, noise_level, None, chunk_size, memory_budget, autocast, compile,
                 seeds=seeds, noise=noise, num_threads=num_threads, return_details=True,

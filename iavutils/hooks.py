@@ -23,9 +23,12 @@ __all__ = [
     "AttentionRecorder",
     "ModelGeometry",
     "UnsupportedModelError",
+    "check_grad_mode",
     "check_input",
+    "check_dtype_device",
     "check_model",
     "eval_mode",
+    "grad_input",
     "model_geometry",
     "record_attention",
 ]
@@ -139,15 +142,17 @@ def model_geometry(model: nn.Module) -> ModelGeometry:
 def check_input(model: nn.Module, x: Tensor) -> None:
     """Raise a clear error for an input the model cannot be explained on.
 
-    Checks a ``[B,C,H,W]`` floating tensor with finite values; for ViT-family models
-    (those with ``patch_embed``) also the image size the model was built for.
+    Checks a ``[B,C,H,W]`` floating tensor with finite values, on the model's device and in its
+    dtype; for ViT-family models (those with ``patch_embed``) also the image size the model was
+    built for.
 
     Args:
         model: The model ``x`` is meant for.
         x: Input batch ``[B,C,H,W]``.
 
     Raises:
-        ValueError: Wrong rank/dtype/size or non-finite values.
+        ValueError: Wrong rank/dtype/size, non-finite values, or an input whose dtype or
+            device differs from the model's (:func:`check_dtype_device`).
     """
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -169,6 +174,75 @@ def check_input(model: nn.Module, x: Tensor) -> None:
         in_chans = getattr(proj, "in_channels", None)
         if in_chans is not None and x.shape[1] != in_chans:
             raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]}")
+    check_dtype_device(model, x)
+
+
+def _model_param(model: nn.Module) -> Tensor | None:
+    # The first floating-point parameter (or buffer) stands for the model's dtype and device.
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def check_dtype_device(model: nn.Module, x: Tensor) -> None:
+    """Raise a clear error when ``x`` and the model differ in dtype or device.
+
+    A half-precision input into a float32 model, or a CPU input into a CUDA model, otherwise
+    fails deep inside the forward with a bare torch error. Mixed precision is done with
+    ``torch.autocast`` (float32 model and input), not by casting the input.
+
+    Args:
+        model: The model ``x`` is meant for.
+        x: Input batch.
+
+    Raises:
+        ValueError: The dtypes or the devices differ.
+    """
+    p = _model_param(model)
+    if p is None:
+        return
+    problems = []
+    if x.device != p.device:
+        problems.append(f"the input is on {x.device} but the model is on {p.device}")
+    if x.dtype != p.dtype:
+        problems.append(f"the input is {x.dtype} but the model's weights are {p.dtype}")
+    if problems:
+        raise ValueError(
+            f"{' and '.join(problems)}. Move the input to the model: x = x.to(device={str(p.device)!r}, "
+            f"dtype={p.dtype}) (or move the model with model.to(...)); for mixed precision keep both in "
+            f"float32 and use the `autocast` argument / torch.autocast instead of casting the input."
+        )
+
+
+def check_grad_mode(method: str) -> None:
+    """Raise a clear error when a gradient method is called under ``torch.inference_mode()``.
+
+    ``torch.no_grad()`` is fine: the gradient methods switch gradients back on themselves with
+    ``torch.enable_grad()``, which inference mode does not allow.
+
+    Args:
+        method: Name of the calling function, for the message.
+
+    Raises:
+        RuntimeError: Inference mode is on.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{method} needs gradients, but it was called inside torch.inference_mode(), where "
+            f"autograd cannot be switched back on. Call {method} outside the inference_mode block "
+            f"(inside torch.no_grad() is fine: {method} enables gradients itself)."
+        )
+
+
+def grad_input(x: Tensor) -> Tensor:
+    """``x`` detached, as a tensor autograd may record (a copy if it is an inference tensor).
+
+    Tensors created under ``torch.inference_mode()`` cannot take part in autograd later; a copy
+    made outside inference mode can.
+    """
+    x = x.detach()
+    return x.clone() if x.is_inference() else x
 
 
 @contextmanager
@@ -323,11 +397,15 @@ def record_attention(model: nn.Module, x: Tensor, *, grad: bool = False) -> tupl
 
     Raises:
         UnsupportedModelError: Unsupported model (e.g. no class token).
-        ValueError: Wrong image size, NaN input.
-        RuntimeError: Nothing was recorded.
+        ValueError: Wrong image size, NaN input, input dtype/device differs from the model's.
+        RuntimeError: Nothing was recorded, or ``grad=True`` under ``torch.inference_mode()``.
     """
     check_model(model)
     check_input(model, x)
+    if grad:
+        check_grad_mode("record_attention(grad=True)")
+        if x.is_inference():
+            x = x.clone()  # an inference tensor cannot join the graph; a copy can
     with torch.set_grad_enabled(grad):
         with AttentionRecorder(model, keep_graph=grad) as rec:
             logits = model(x)

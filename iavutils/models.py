@@ -5,7 +5,7 @@ name, input size, mean/std, pretraining type, method and source, geometry). Ever
 timm class (``VisionTransformer`` or ``Beit``), so hooks and attention recording run the real
 code paths for the hub models and the tiny ones alike.
 
-Real presets (DESIGN.md "Models") download from the Hugging Face hub on first use:
+Real presets download from the Hugging Face hub on first use:
 
 * ``beit``: the self-supervised-only BEiT-B/16 (masked image modelling on ImageNet-22k,
   ``microsoft/beit-base-patch16-224-pt22k``), whose Hugging Face ``transformers`` keys are
@@ -18,16 +18,22 @@ Tiny presets (32×32, patch 4, 6 blocks × 4 heads, width 64) load from
 ``iavutils/weights/<preset>.safetensors``, made by ``python -m iavutils.pretrain``.
 
 timm's BEiT (real and tiny) classifies from the mean of the patch tokens, not from the CLS
-token; IA-Scores still read the CLS row of the attention (DESIGN.md).
+token; IA-Scores still read the CLS row of the attention (book/methods.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import numbers
 import os
 import re
-from collections.abc import Mapping
+import socket
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -45,6 +51,7 @@ __all__ = [
     "load_model",
     "build_model",
     "load_state_dict_file",
+    "safetensors_problem",
     "convert_hf_beit_to_timm",
 ]
 
@@ -230,10 +237,36 @@ def _info(preset: str) -> ModelInfo:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}") from None
 
 
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a safetensors file, read from its header alone (``None``: looks whole).
+
+    A truncated file (a copy cut short, a full disk) is caught without reading the tensors: the
+    header's data offsets must end exactly at the end of the file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                return f"truncated: {size} bytes, too short for its header"
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except Exception as err:  # unreadable header: not a safetensors file at all
+        return f"not a readable safetensors file ({type(err).__name__}: {err})"
+    if 8 + n + end != size:
+        return f"truncated: {size} bytes, its header describes {8 + n + end}"
+    return None
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a weights file safely: safetensors, or a torch file with ``weights_only=True``.
 
     Checkpoints that wrap the weights (``{"model": ...}``, ``{"state_dict": ...}``) are unwrapped.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The file is truncated or not a weights file; the message names it.
     """
     path = Path(path)
     if not path.exists():
@@ -241,8 +274,24 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        problem = safetensors_problem(path)
+        if problem is None:
+            try:
+                return load_file(path)
+            except Exception as err:
+                problem = f"{type(err).__name__}: {err}"
+        raise ValueError(
+            f"cannot read the weights file {path}: {problem}. It is damaged or incompletely copied; "
+            f"copy, download or re-create it again."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"cannot read the weights file {path} ({type(err).__name__}: {err}). Expected safetensors or a "
+            f"torch.save file of tensors (read with weights_only=True); a truncated or damaged file must be "
+            f"copied or re-created again."
+        ) from err
     for wrapper in ("model", "state_dict", "module"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
@@ -303,23 +352,157 @@ def _download_beit_pt22k(hub_id: str) -> dict[str, torch.Tensor]:
     from huggingface_hub import hf_hub_download
 
     errors = []
-    for filename in ("model.safetensors", "pytorch_model.bin"):
+    for filename in _HUB_WEIGHT_FILES:
         try:
             path = hf_hub_download(hub_id, filename)
         except Exception as err:  # offline, not cached, or that file is not in the repo
             errors.append(f"{filename}: {type(err).__name__}: {err}")
             continue
         return load_state_dict_file(path)
-    raise WeightsNotAvailableError(_offline_message(hub_id, "beit") + "\nDetails: " + " | ".join(errors))
+    raise WeightsNotAvailableError(_offline_message(hub_id, "beit", "the download failed") + "\nDetails: " + " | ".join(errors))
 
 
-def _offline_message(hub_id: str, preset: str) -> str:
+# The weights files timm and transformers look for in a hub repository, safest first.
+_HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+HUB_PROBE_TIMEOUT = 2.0
+"""Seconds the reachability check of the hub may take before the hub counts as unreachable."""
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_offline_requested() -> bool:
+    """``HF_HUB_OFFLINE`` is set, now (environment) or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or _truthy(os.environ.get("HF_HUB_OFFLINE"))
+
+
+def _hub_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _hub_cached_file(hub_id: str, extra: str | None = None) -> str | None:
+    """A weights file of ``hub_id`` in the local Hugging Face cache, or ``None``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ((extra,) if extra else ()) + _HUB_WEIGHT_FILES:
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _hub_probe_address() -> tuple[str, int]:
+    """Host and port a download would connect to first: the HTTPS proxy if one is set, else the hub."""
+    from huggingface_hub import constants
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        if os.environ.get(var):
+            url = urlsplit(os.environ[var] if "//" in os.environ[var] else "//" + os.environ[var])
+            return url.hostname or "", url.port or 80
+    url = urlsplit(constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> tuple[bool, str]:
+    """Whether a TCP connection to the hub (or the proxy) opens within ``timeout`` seconds.
+
+    Name resolution has no timeout of its own, so the probe runs in a daemon thread that is
+    abandoned when it takes too long.
+
+    Returns:
+        ``(reachable, why_not)``.
+    """
+    host, port = _hub_probe_address()
+    result: dict[str, str] = {}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["ok"] = ""
+        except OSError as err:
+            result["error"] = f"{type(err).__name__}: {err}"
+
+    thread = threading.Thread(target=probe, name="iav-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if "ok" in result:
+        return True, ""
+    return False, f"the hub ({host}:{port}) cannot be reached ({result.get('error', f'no answer within {timeout:g} s')})"
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool) -> Iterator[None]:
+    """Runs the body with huggingface_hub's offline mode on (cache only), then restores it."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    if enabled:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _hub_access(info: ModelInfo, preset: str, extra_file: str | None = None, num_classes: int | None = None) -> bool:
+    """Decides, in seconds, how the hub weights of ``preset`` can be had.
+
+    Returns:
+        Whether to load from the cache in offline mode (cached, and the hub is unreachable or
+        ``HF_HUB_OFFLINE`` is set). ``False``: download (or revalidate) normally.
+
+    Raises:
+        WeightsNotAvailableError: Not cached, and offline mode is set or the hub is unreachable.
+    """
+    cached = _hub_cached_file(info.hub_id, extra_file)
+    if _hub_offline_requested():
+        if cached is None:
+            raise WeightsNotAvailableError(
+                _offline_message(info.hub_id, preset, "HF_HUB_OFFLINE=1 is set, so nothing is downloaded", num_classes)
+            )
+        return True
+    reachable, why = _hub_reachable()
+    if cached is None and not reachable:
+        raise WeightsNotAvailableError(_offline_message(info.hub_id, preset, why, num_classes))
+    return not reachable
+
+
+def _offline_message(hub_id: str, preset: str, reason: str, num_classes: int | None = None) -> str:
+    heads = f"num_classes={num_classes if num_classes is not None else 10}"
     return (
-        f"Pretrained weights for preset {preset!r} ({hub_id}) are not cached and could not be "
-        f"downloaded (offline?). On a machine with network access run\n"
-        f"    huggingface-cli download {hub_id}\n"
-        f"(or `python -c \"import iavutils.models as m; m.load_model('{preset}')\"`) to fill the "
-        f"Hugging Face cache (HF_HOME), or pass a local file: load_model('{preset}', weights='path/to/file')."
+        f"Pretrained weights for preset {preset!r} (hub repository {hub_id}) are not in the local "
+        f"Hugging Face cache ({_hub_cache_dir()}), and {reason}. Either\n"
+        f"  * on a machine with network access run\n"
+        f"        hf download {hub_id}\n"
+        f"    (the command-line tool of huggingface_hub; it fills the cache under HF_HOME, default "
+        f"~/.cache/huggingface), copy that cache to this machine (same HF_HOME) and set HF_HUB_OFFLINE=1 "
+        f"to load it without any network access; or\n"
+        f"  * pass a local weights file: load_model({preset!r}, {heads}, weights='path/to/model.safetensors')."
+    )
+
+
+def _check_num_classes(num_classes: object) -> int | None:
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or int(num_classes) < 0:
+        raise ValueError(
+            f"num_classes must be a non-negative int (the outputs of a new head; 0: features only, no "
+            f"head) or None (keep the pretrained head), got {num_classes!r}"
+        )
+    return int(num_classes)
+
+
+def _headless_message(preset: str, why: str) -> str:
+    return (
+        f"load_model({preset!r}) needs an explicit num_classes: {why}. Pass num_classes=K for a new, "
+        f"randomly initialised K-class head (e.g. num_classes=10), or num_classes=0 for the features "
+        f"only (identity head, model(x) returns the pooled embedding)."
     )
 
 
@@ -335,9 +518,11 @@ def load_model(
 
     Args:
         preset: A name in :data:`PRESETS` (``TINY_PRESETS``, ``REAL_PRESETS``, ``"beit-in22k-ft"``).
-        num_classes: Outputs of a new, randomly initialised head. ``None`` keeps the pretrained
-            head where there is one (tiny supervised presets, ``deit``, ``in21k``) and gives a
-            feature extractor (identity head) otherwise.
+        num_classes: Outputs of a new, randomly initialised head; ``0`` gives a feature
+            extractor (identity head). ``None`` keeps the pretrained head; presets whose weights
+            have none (``tiny-dino``, ``tiny-mim``, ``dino``, ``beit``), ``pretrained=False``
+            and headless ``weights`` files then raise a ValueError asking for an explicit
+            ``num_classes``.
         weights: A local weights file (safetensors, or a torch file read with
             ``weights_only=True``) used instead of the shipped/hub weights. Hugging Face BEiT
             keys are converted automatically.
@@ -348,11 +533,31 @@ def load_model(
     Returns:
         ``(model, info)``; the model is in eval mode.
 
+    Hub presets fail within seconds when their weights are not cached and the hub cannot be
+    reached (a TCP check of ``HUB_PROBE_TIMEOUT`` seconds), or at once with ``HF_HUB_OFFLINE=1``;
+    cached weights load offline (huggingface_hub's offline mode is switched on for the call
+    when the hub is unreachable, and restored afterwards).
+
     Raises:
-        WeightsNotAvailableError: Weights are neither shipped, cached nor downloadable.
+        WeightsNotAvailableError: Weights are neither shipped, cached nor downloadable; the
+            message names the ``hf download`` command, ``HF_HUB_OFFLINE`` and ``weights=``.
+        ValueError: ``num_classes`` is not a non-negative int or ``None``, or is ``None`` where
+            there is no pretrained head to keep; a weights file is truncated or unreadable.
     """
     info = _info(preset)
+    num_classes = _check_num_classes(num_classes)
+    hub = pretrained and weights is None and not info.is_tiny
+    if num_classes is None:
+        # Fail before any download when there is no pretrained head to keep.
+        if not pretrained and weights is None:
+            raise ValueError(_headless_message(preset, "with pretrained=False there is no pretrained head to keep"))
+        if hub and (preset == "beit" or not (timm.models.get_pretrained_cfg(info.timm_name).num_classes or 0)):
+            raise ValueError(_headless_message(preset, f"its pretrained weights ({info.hub_id}) have no classifier head"))
     state: dict[str, torch.Tensor] | None = None
+    offline = False
+    if hub:
+        extra = getattr(timm.models.get_pretrained_cfg(info.timm_name), "hf_hub_filename", None)
+        offline = _hub_access(info, preset, extra, num_classes)
     if weights is not None:
         state = load_state_dict_file(weights)
         origin = str(weights)
@@ -363,29 +568,31 @@ def load_model(
                 f"shipped weights for {preset!r} are missing: {path}. Recreate them with "
                 f"`python -m iavutils.pretrain --preset {preset}` (or reinstall the package)."
             )
-        from safetensors.torch import load_file
-
-        state = load_file(path)
+        state = load_state_dict_file(path)
         origin = str(path)
     elif pretrained and preset == "beit":
-        state = _download_beit_pt22k(info.hub_id)
+        with _hub_offline(offline):
+            state = _download_beit_pt22k(info.hub_id)
         origin = info.hub_id
 
     if num_classes is None:
         if state is not None:
             num_classes = _pretrained_num_classes(preset, state)
-        elif pretrained and not info.is_tiny:
-            num_classes = timm.models.get_pretrained_cfg(info.timm_name).num_classes or 0
+            if num_classes == 0:
+                raise ValueError(_headless_message(preset, f"its weights ({origin}) have no classifier head"))
         else:
-            num_classes = 0
+            num_classes = timm.models.get_pretrained_cfg(info.timm_name).num_classes or 0
 
     if pretrained and state is None and not info.is_tiny:
         # timm hub checkpoints: let timm download/cache and adapt them (head replaced by timm).
         try:
-            model = timm.create_model(info.timm_name, pretrained=True, num_classes=num_classes)
+            with _hub_offline(offline):
+                model = timm.create_model(info.timm_name, pretrained=True, num_classes=num_classes)
         except Exception as err:
             if _looks_offline(err):
-                raise WeightsNotAvailableError(_offline_message(info.hub_id, preset)) from err
+                raise WeightsNotAvailableError(
+                    _offline_message(info.hub_id, preset, f"the download failed ({type(err).__name__}: {err})", num_classes)
+                ) from err
             raise
     else:
         model = build_model(preset, num_classes)

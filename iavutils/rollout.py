@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attribution import resolve_target
-from .hooks import AttentionRecorder, check_input, model_geometry
+from .attribution import check_target, resolve_target
+from .hooks import AttentionRecorder, check_grad_mode, check_input, grad_input, model_geometry
 
 __all__ = [
     "HEAD_FUSIONS",
@@ -135,14 +135,16 @@ def gmar_head_weights(attn: Tensor, attn_grads: Tensor, norm: str = "l1") -> Ten
 
 
 def _attention_and_grads(
-    model: nn.Module, x: Tensor, target: int | Tensor | None
+    model: nn.Module, x: Tensor, target: int | Tensor | None, method: str
 ) -> tuple[Tensor, Tensor, int]:
     """Attention ``[B,L,H,N,N]`` and ``∂y_c/∂A`` of the target logit, from one forward."""
     geo = model_geometry(model)
     check_input(model, x)
+    check_grad_mode(method)
+    check_target(target, x.shape[0])
     with torch.enable_grad(), AttentionRecorder(model, keep_graph=True) as rec:
         # The input carries the graph, so gradients exist even for a frozen model.
-        logits = model(x.detach().requires_grad_(True))
+        logits = model(grad_input(x).requires_grad_(True))
         maps = rec.maps
         t = resolve_target(target, logits)
         y = logits.gather(1, t.unsqueeze(1)).sum()
@@ -168,7 +170,7 @@ def gmar(model: nn.Module, x: Tensor, target: int | Tensor | None = None, norm: 
     """
     if norm not in GMAR_NORMS:
         raise ValueError(f"norm must be one of {GMAR_NORMS}, got {norm!r}")
-    attn, grads, T = _attention_and_grads(model, x, target)
+    attn, grads, T = _attention_and_grads(model, x, target, "gmar")
     return gmar_from_grads(attn, grads, T, norm)
 
 
@@ -186,7 +188,7 @@ def gradient_rollout(model: nn.Module, x: Tensor, target: int | Tensor | None = 
     Returns:
         The class token's row of ``R`` over the patches, ``[B,P]``.
     """
-    attn, grads, T = _attention_and_grads(model, x, target)
+    attn, grads, T = _attention_and_grads(model, x, target, "gradient_rollout")
     return gradient_rollout_from_grads(attn, grads, T)
 
 

@@ -11,8 +11,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .attribution import gradcam, patch_pool, resolve_target, smoothgrad
-from .hooks import check_input, model_geometry, record_attention
+from .attribution import check_target, gradcam, patch_pool, resolve_target, smoothgrad
+from .hooks import check_grad_mode, check_input, model_geometry, record_attention
 
 __all__ = [
     "aav",
@@ -118,6 +118,8 @@ def iav(
         raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, got {attribution!r}")
     geo = model_geometry(model)
     check_input(model, x)
+    check_grad_mode(f"iav(attribution={attribution!r})")
+    check_target(target, x.shape[0])  # before the clean forward: a bad target fails at once
     logits, cls_attn = _clean_cls_attention(model, x)
     t = resolve_target(target, logits)
     if attribution == "gradcam":

@@ -125,6 +125,24 @@ def stable_hash(name: str, key: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical({"name": name, "key": dict(key)}).encode("utf-8")).hexdigest()[:20]
 
 
+def _check_result(name: str, value: Any, what: str = "the value given to put()") -> None:
+    """Raises a TypeError saying what a stored result must be, naming the offending entry."""
+    how = (
+        "Return tensors, e.g. {'score': torch.tensor(score)} for a number or "
+        "{'scores': torch.as_tensor(list_of_floats)} for a list."
+    )
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} for result {name!r} must be a dict[str, Tensor], got {type(value).__name__}. {how}")
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{what} for result {name!r} must be a dict with str keys, got the key {k!r} ({type(k).__name__})")
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(
+                f"{what} for result {name!r} must be a dict[str, Tensor], but [{k!r}] is "
+                f"{type(v).__name__} ({v!r:.60}). {how}"
+            )
+
+
 class ResultStore:
     """A directory of cached tensor results keyed by ``(name, key)``.
 
@@ -168,11 +186,13 @@ class ResultStore:
     def put(
         self, name: str, key: Mapping[str, Any], value: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
     ) -> dict[str, torch.Tensor]:
-        """Stores a result atomically and returns it."""
+        """Stores a result atomically and returns it.
+
+        Raises:
+            TypeError: ``value`` is not a ``dict[str, Tensor]``.
+        """
+        _check_result(name, value)
         value = {k: v.detach().cpu().contiguous() for k, v in value.items()}
-        for k, v in value.items():
-            if not isinstance(v, torch.Tensor):
-                raise TypeError(f"result {name!r}[{k!r}] is {type(v).__name__}, expected a Tensor")
         tensor_path, sidecar_path = self.paths(name, key)
         atomic_write(tensor_path, lambda p: save_file(value, p))
         atomic_write_json(
@@ -205,13 +225,15 @@ class ResultStore:
 
         Returns:
             The result, as CPU tensors.
+
+        Raises:
+            TypeError: ``compute`` returned something other than a ``dict[str, Tensor]``.
         """
         hit = self.get(name, key)
         if hit is not None:
             return hit
         value = compute()
-        if not isinstance(value, Mapping):
-            raise TypeError(f"compute() for {name!r} must return dict[str, Tensor], got {type(value).__name__}")
+        _check_result(name, value, "what compute() returned")
         return self.put(name, key, value, meta=meta)
 
     def __contains__(self, item: tuple[str, Mapping[str, Any]]) -> bool:

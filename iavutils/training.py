@@ -6,14 +6,20 @@ Layout of a run (``{run_dir}/{dataset}/{preset}/``)::
     metrics.json                      per epoch: train_loss, train_acc, val_loss, val_acc, lr, seconds
     checkpoints/epoch_000.safetensors the pretrained weights with the new, randomly initialised head
     checkpoints/epoch_001.safetensors ... one per epoch
-    checkpoints/train_state_XXX.pt    optimizer, scheduler, AMP scaler and RNG state of the last
-                                      complete epoch (read back with ``weights_only=True``)
+    checkpoints/train_state_XXX.pt    optimizer, scheduler, AMP scaler and RNG state of the two
+                                      newest complete epochs while training, of the last one once
+                                      the run is finished (read back with ``weights_only=True``)
 
 Every file is written atomically. Within an epoch the order is checkpoint, training state,
 then ``metrics.json``; an epoch is complete when all three are there. A run killed at any point
 and started again resumes from the last complete epoch and, since each epoch's data order,
 augmentation and dropout are seeded by ``(seed, epoch)``, produces the same weights and metrics
 as an uninterrupted run. Starting a finished run again does nothing.
+
+A damaged newest checkpoint or training state (a copy cut short, a full disk) is skipped with a
+warning naming the file, and training resumes from the newest epoch that can be resumed
+exactly: the one before while training (two training states are kept), epoch 0 otherwise.
+Unreadable ``config.json`` / ``metrics.json`` raise an error naming the file.
 """
 
 from __future__ import annotations
@@ -22,17 +28,18 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 from .data import get_dataset
-from .models import ModelInfo, load_model
+from .models import PRESETS, ModelInfo, load_model, load_state_dict_file, safetensors_problem
 from .store import atomic_write, atomic_write_json
 
 __all__ = ["FinetuneConfig", "RECIPES", "finetune", "list_checkpoints", "load_checkpoint", "run_path", "resolve_device", "evaluate"]
@@ -92,10 +99,31 @@ RECIPES: dict[str, FinetuneConfig] = {
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else the CPU."""
+    """``"auto"`` is CUDA when available, else the CPU; an unavailable device is a clear error.
+
+    Raises:
+        ValueError: Not a device name, or a CUDA / MPS device that this machine does not have.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a device name ({err}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(
+                f"device={str(device)!r} was requested, but CUDA is not available on this machine (torch "
+                f"{torch.__version__}, {build}; no usable GPU or driver). Use device='cpu', or device='auto' "
+                f"to take a GPU only when there is one."
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={str(device)!r} was requested, but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={str(device)!r} was requested, but MPS is not available; use device='cpu' or 'auto'")
+    return dev
 
 
 def run_path(run_dir: str | Path, dataset: str, preset: str) -> Path:
@@ -115,11 +143,38 @@ def list_checkpoints(run_dir: str | Path, dataset: str, preset: str) -> list[tup
     return sorted(out)
 
 
+def _read_json(path: Path, what: str, fix: str):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {path} is unreadable ({type(err).__name__}: {err}); it is damaged or incompletely copied. {fix}") from None
+
+
 def _read_config(run: Path) -> dict:
     path = run / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"no finetuning run at {run} (config.json missing)")
-    return json.loads(path.read_text())
+    cfg = _read_json(
+        path, "the run configuration",
+        f"Restore it from a copy of the run, or delete the run directory {run} to finetune again from scratch.",
+    )
+    if not isinstance(cfg, dict):
+        raise ValueError(f"the run configuration {path} holds a {type(cfg).__name__}, not a JSON object; restore it or delete {run}")
+    return cfg
+
+
+def _read_metrics(run: Path) -> list[dict]:
+    path = run / "metrics.json"
+    if not path.exists():
+        return []
+    metrics = _read_json(
+        path, "the metrics file",
+        f"Restore it from a copy of the run, or delete it to finetune again from scratch (the checkpoints "
+        f"under {run / 'checkpoints'} are then recomputed).",
+    )
+    if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
+        raise ValueError(f"the metrics file {path} is not a list of per-epoch records; restore it or delete it to start over")
+    return metrics
 
 
 def load_checkpoint(
@@ -147,7 +202,7 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint for epoch {epoch} in {run / 'checkpoints'}; have {sorted(ckpts)}")
     cfg = _read_config(run)
     model, info = load_model(preset, num_classes=cfg["num_classes"], pretrained=False)
-    model.load_state_dict(load_file(ckpts[epoch]))
+    model.load_state_dict(load_state_dict_file(ckpts[epoch]))  # names the file if it is damaged
     return model.to(device).eval(), info
 
 
@@ -214,6 +269,47 @@ def _complete_epochs(run: Path, metrics: list[dict]) -> int:
     return last
 
 
+def _load_train_state(path: Path) -> dict:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or not {"optimizer", "scheduler", "scaler", "torch_rng"} <= set(saved):
+        raise ValueError("not a training state (optimizer, scheduler, scaler, torch_rng)")
+    return saved
+
+
+def _resume_point(ck: Path, last: int, final: int) -> tuple[int, dict | None]:
+    """The newest epoch ``<= last`` that can be resumed exactly, and its training state.
+
+    A damaged checkpoint or training state is skipped with a warning naming it. Epoch 0 needs
+    only its checkpoint; a finished run (``last == final``) only its last checkpoint.
+
+    Returns:
+        ``(epoch, train_state)``; ``(-1, None)``: start from scratch.
+    """
+    for k in range(last, -1, -1):
+        path = ck / f"epoch_{k:03d}.safetensors"
+        problem = safetensors_problem(path)
+        if problem is not None:
+            warnings.warn(f"skipping the damaged checkpoint {path} ({problem}); it will be recomputed", RuntimeWarning, stacklevel=3)
+            continue
+        if k == 0 or k == final:
+            return k, None
+        state_path = ck / f"train_state_{k:03d}.pt"
+        if not state_path.exists():
+            continue  # only the newest training states are kept: an older epoch cannot be resumed
+        try:
+            saved = _load_train_state(state_path)
+        except Exception as err:
+            warnings.warn(
+                f"skipping the damaged training state {state_path} ({type(err).__name__}: {err}); "
+                f"resuming from an earlier epoch",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            continue
+        return k, saved
+    return -1, None
+
+
 def _config_doc(preset: str, dataset: str, cfg: FinetuneConfig, num_classes: int, max_train: int | None) -> dict:
     return {"preset": preset, "dataset": dataset, "num_classes": num_classes, "max_train": max_train, **dataclasses.asdict(cfg)}
 
@@ -247,8 +343,13 @@ def finetune(
         The per-epoch metrics (also in ``metrics.json``), epoch 0 being the initialisation.
 
     Raises:
-        ValueError: The run directory holds a run with a different configuration.
+        ValueError: Unknown preset; a device this machine does not have (checked before any
+            file is written); the run directory holds a run with a different configuration;
+            an unreadable ``config.json`` or ``metrics.json`` (named in the message).
     """
+    # Everything that can be checked is checked before a file is written.
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if config is None:
         config = RECIPES["tiny"] if preset.startswith("tiny-") else RECIPES["paper"]
     cfg = config
@@ -257,8 +358,6 @@ def finetune(
     ck = run / "checkpoints"
 
     # Datasets first: their class count fixes the head, which is part of the configuration.
-    from .models import PRESETS
-
     info = PRESETS[preset]
     train_ds = get_dataset(dataset, "train", info=info, root=data_root)
     val_split = "val" if dataset != "cifar10" else "test"
@@ -278,8 +377,9 @@ def finetune(
     else:
         atomic_write_json(run / "config.json", doc)
 
-    metrics: list[dict] = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else []
+    metrics = _read_metrics(run)
     last = _complete_epochs(run, metrics)
+    last, saved = _resume_point(ck, min(last, cfg.epochs), cfg.epochs)
     metrics = metrics[: last + 1]
     if last >= cfg.epochs:
         return metrics
@@ -317,8 +417,7 @@ def finetune(
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
 
     if last > 0:
-        model.load_state_dict(load_file(ck / f"epoch_{last:03d}.safetensors"))
-        saved = torch.load(ck / f"train_state_{last:03d}.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(load_state_dict_file(ck / f"epoch_{last:03d}.safetensors"))
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
@@ -327,7 +426,7 @@ def finetune(
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
         micro = saved.get("micro_batch_size") or cfg.micro_batch_size
     elif last == 0:
-        model.load_state_dict(load_file(ck / "epoch_000.safetensors"))
+        model.load_state_dict(load_state_dict_file(ck / "epoch_000.safetensors"))
         micro = cfg.micro_batch_size
 
     micro = micro or cfg.batch_size
@@ -386,9 +485,12 @@ def finetune(
             "val_acc": ev["acc"], "lr": lr_now, "seconds": time.perf_counter() - t0,
         })
         atomic_write_json(run / "metrics.json", metrics)
-        # Only the newest optimizer state is kept (ViT-B's is ~1 GB per epoch).
+        # Only the newest optimizer states are kept (ViT-B's is ~1 GB per epoch): two while
+        # training, so that a damaged newest one still leaves an epoch to resume from exactly;
+        # one once the run is finished.
+        keep = {f"train_state_{e:03d}.pt" for e in (epoch, epoch - 1 if epoch < cfg.epochs else epoch)}
         for old in ck.glob("train_state_*.pt"):
-            if old.name != f"train_state_{epoch:03d}.pt":
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
         if progress:
             tqdm.write(f"{preset} epoch {epoch}: train_loss {loss_sum / seen:.4f} train_acc {correct / seen:.4f} "

@@ -52,7 +52,10 @@ def test_tiny_pretraining_types_mirror_the_paper():
 
 
 def test_num_classes_none_keeps_shipped_head_or_features():
-    model, info = load_model("tiny-dino")
+    # a headless preset needs an explicit num_classes; 0 is the feature extractor
+    with pytest.raises(ValueError, match=r"load_model\('tiny-dino'\) needs an explicit num_classes"):
+        load_model("tiny-dino")
+    model, info = load_model("tiny-dino", 0)
     assert info.num_classes == 0 and model(torch.randn(1, 3, 32, 32)).shape == (1, 64)
     model, info = load_model("tiny-sup")
     assert info.num_classes == 20
@@ -198,7 +201,9 @@ def test_offline_without_cache_names_the_hub_id(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "ERR beit" in out.stdout and "microsoft/beit-base-patch16-224-pt22k" in out.stdout, out.stdout + out.stderr
-    assert "huggingface-cli download" in out.stdout
+    # the CLI of the pinned huggingface_hub (`huggingface-cli` is gone in 1.x+), and the way offline
+    assert "hf download microsoft/beit-base-patch16-224-pt22k" in out.stdout and "huggingface-cli" not in out.stdout
+    assert "HF_HUB_OFFLINE" in out.stdout and "weights=" in out.stdout
     assert "ERR dino" in out.stdout and "timm/vit_base_patch16_224.dino" in out.stdout
 
 
