@@ -409,7 +409,7 @@ def _hub_probe_address() -> tuple[str, int]:
     return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
 
 
-def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> tuple[bool, str]:
+def _hub_reachable(timeout: float | None = None) -> tuple[bool, str]:
     """Whether a TCP connection to the hub (or the proxy) opens within ``timeout`` seconds.
 
     Name resolution has no timeout of its own, so the probe runs in a daemon thread that is
@@ -418,6 +418,7 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> tuple[bool, str]:
     Returns:
         ``(reachable, why_not)``.
     """
+    timeout = HUB_PROBE_TIMEOUT if timeout is None else timeout
     host, port = _hub_probe_address()
     result: dict[str, str] = {}
 
