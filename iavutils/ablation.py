@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 from .evaluation import attention_and_grads
 from .hooks import eval_mode

@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,13 @@ PRESET_GROUPS: dict[str, tuple[str, ...]] = {
 # The issue's budget for the main job (`make book`, four tiny presets, 2-core CPU, after the
 # install), finetuning included; the run reports each notebook's share of it.
 TINY_BUDGET_S = 15 * 60
+
+# The runner prints a line at least this often while a notebook runs (notebook, cell, what the
+# library reports, elapsed time): a silent terminal for minutes looks like a hang.
+HEARTBEAT_S = 25.0
+
+# Must equal iavutils.progress.ENV_FILE (kept literal: the runner does not import torch).
+PROGRESS_ENV = "IAV_PROGRESS_FILE"
 
 SMALL_PARAMETERS: dict[str, Any] = {
     "num_images": 8,  # analysed held-out images
@@ -252,9 +260,119 @@ def slowest_cells(nb_path: Path, k: int = 3) -> list[tuple[int, float, str]]:
     return sorted(rows, key=lambda r: -r[1])[:k]
 
 
+class _ProgressRelay:
+    """Reads the progress file a kernel appends to (see :mod:`iavutils.progress`).
+
+    Complete lines (``tqdm.write`` messages, bars that stay) are relayed; the text after the
+    last carriage return of the unfinished line is a bar's current state, kept as ``status``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import codecs
+
+        self.path = path
+        self.pos = 0
+        self.partial = ""
+        self.status = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a write may end mid-character
+
+    def poll(self) -> list[str]:
+        """New complete lines since the last call (and updates :attr:`status`)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except OSError:
+            return []
+        if not data:
+            return []
+        self.pos += len(data)
+        *complete, partial = (self.partial + self._decoder.decode(data)).split("\n")
+        lines = []
+        for line in complete:
+            segments = [x.strip() for x in line.split("\r") if x.strip()]
+            if segments:
+                lines.append(segments[-1])
+        # "\rstate" is a bar's refresh; "\r<spaces>\r" a bar that closed without staying.
+        segments = partial.split("\r")
+        current = segments[-1] if segments[-1] or len(segments) == 1 else segments[-2]
+        self.status = current.strip()
+        self.partial = "\r".join(segments[-2:])  # bounded: only the current state matters
+        return lines
+
+
+def _running_cell(nb_path: Path) -> str:
+    """``cell i/n: <first line>`` of the cell papermill is executing (from its saved output)."""
+    try:
+        nb = json.loads(Path(nb_path).read_text())
+    except (OSError, ValueError):  # not written yet, or being written
+        return ""
+    code = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    for i, cell in enumerate(code, 1):
+        if (cell.get("metadata", {}).get("papermill", {}) or {}).get("status") == "running":
+            first = next((ln.strip() for ln in _source(cell).splitlines()
+                          if ln.strip() and not ln.strip().startswith("#")), "")
+            return f"cell {i}/{len(code)}: {first[:60]}"
+    return ""
+
+
+class _Heartbeat:
+    """While a notebook runs: relay the library's progress and print a heartbeat line.
+
+    A heartbeat line (notebook, running cell, the library's latest progress, elapsed time) is
+    printed every ``interval`` seconds; relayed progress lines as they come. Both go to
+    ``stream`` (the terminal running the book), never into the notebook.
+    """
+
+    def __init__(self, label: str, out_nb: Path, progress_file: Path, interval: float = HEARTBEAT_S,
+                 stream: Any = None) -> None:
+        import threading
+
+        self.label = label
+        self.out_nb = out_nb
+        self.relay = _ProgressRelay(progress_file)
+        self.interval = float(interval)
+        self.stream = stream
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat {label}", daemon=True)
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> _Heartbeat:
+        self._t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._relay()  # what came in last
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+    def _relay(self) -> None:
+        for line in self.relay.poll():
+            self._print(f"        {self.label} | {line}")
+
+    def _run(self) -> None:
+        next_beat = self._t0 + self.interval
+        poll = min(1.0, self.interval / 4)
+        while not self._stop.wait(poll):
+            self._relay()
+            now = time.perf_counter()
+            if now >= next_beat:
+                next_beat = now + self.interval
+                parts = [f"        {self.label} running {_fmt_minutes(now - self._t0)}"]
+                if cell := _running_cell(self.out_nb):
+                    parts.append(cell)
+                if self.relay.status:
+                    parts.append(self.relay.status)
+                self._print("  |  ".join(parts))
+
+
 def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_dir: Path,
                   progress: bool = True, kernel_timeout: int | None = None,
-                  budget_s: float = 0) -> list[NotebookResult]:
+                  budget_s: float = 0, heartbeat_s: float = HEARTBEAT_S) -> list[NotebookResult]:
     """Execute notebooks with papermill into ``<book_dir>/generated/``.
 
     Every notebook runs even if an earlier one failed (papermill writes partial output), so
@@ -267,17 +385,32 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
         progress: show papermill's per-cell progress bar.
         kernel_timeout: per-cell timeout in seconds (``None``: no limit).
         budget_s: time budget of the whole run, to report each notebook's share (0: none).
+        heartbeat_s: seconds between two heartbeat lines while a notebook runs.
 
     Returns:
         One :class:`NotebookResult` per notebook.
     """
+    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "OMP_WAIT_POLICY", "IAV_RUN_DIR", PROGRESS_ENV)}
+    try:
+        return _run_notebooks(notebooks, parameters, book_dir, progress, kernel_timeout, budget_s, heartbeat_s)
+    finally:
+        for k, v in saved.items():  # the kernels are gone; leave the caller's environment as it was
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_dir: Path, progress: bool,
+                   kernel_timeout: int | None, budget_s: float, heartbeat_s: float) -> list[NotebookResult]:
     import papermill
 
     out_dir = Path(book_dir) / "generated"
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Progress bars inside the notebooks would land in the published pages as noise; the
-    # per-notebook lines below and papermill's cell bar are the progress of the main job.
-    # The kernels inherit this process's environment.
+    # Progress bars inside the notebooks would land in the published pages as noise. The
+    # library's bars go to a progress file instead (iavutils.progress, IAV_PROGRESS_FILE, set per
+    # notebook below), which a heartbeat thread relays to this terminal; any other library's
+    # tqdm bar is switched off. The kernels inherit this process's environment.
     os.environ.setdefault("TQDM_DISABLE", "1")
     # OpenMP workers that spin while waiting turn any other busy process on a small machine into
     # a 5-20x slowdown of every torch op (measured: a tiny-preset training step took 1384 ms with
@@ -308,17 +441,22 @@ def run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_di
         quiet = logging.getLogger("papermill")
         quiet_level = quiet.level
         quiet.setLevel(logging.ERROR if unreadable else quiet_level)
+        progress_file = Path(tempfile.mkdtemp(prefix="iav-progress-")) / f"{nb.stem}.log"
+        progress_file.touch()
+        os.environ[PROGRESS_ENV] = str(progress_file)
         try:
-            papermill.execute_notebook(
-                str(nb), str(out), parameters=params, cwd=str(REPO), progress_bar=progress,
-                request_save_on_cell_execute=True, execution_timeout=kernel_timeout,
-            )
+            with _Heartbeat(f"[{i:2d}/{n}] {nb.stem}", out, progress_file, heartbeat_s):
+                papermill.execute_notebook(
+                    str(nb), str(out), parameters=params, cwd=str(REPO), progress_bar=progress,
+                    request_save_on_cell_execute=True, execution_timeout=kernel_timeout,
+                )
         except papermill.PapermillExecutionError as exc:
             ok, error = False, f"In [{exc.exec_count}]: {exc.ename}: {str(exc.evalue)[:200]}"
         except Exception as exc:  # kernel death, timeout, bad notebook: still report and go on
             ok, error = False, f"{type(exc).__name__}: {str(exc)[:200]}"
         finally:
             quiet.setLevel(quiet_level)
+            shutil.rmtree(progress_file.parent, ignore_errors=True)
         if ok and (found := _first_error(out)):
             ok, error = False, found
         seconds = time.perf_counter() - t0

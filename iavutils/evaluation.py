@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 from .attribution import gradcam, patch_pool, resolve_target, smoothgrad
 from .hooks import AttentionRecorder, check_input, eval_mode, model_geometry, record_attention

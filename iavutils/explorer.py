@@ -584,7 +584,7 @@ def build_explorer(
     Returns:
         ``(widget, maps)``.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
     from . import experiments as ex
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 from .data import get_dataset
 from .models import TINY_CONFIG, TINY_PRESETS, WEIGHTS_DIR, build_model

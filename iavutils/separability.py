@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 __all__ = [
     "FEATURE_SETS",

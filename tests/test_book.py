@@ -175,3 +175,64 @@ def test_vendored_assets_are_pinned() -> None:
     # ipywidgets 8 widget state needs the 1.x HTML manager.
     assert pkg["dependencies"]["@jupyter-widgets/html-manager"].startswith("1.0.")
     assert pkg["dependencies"]["mathjax"].startswith("3.")
+
+
+# ----------------------------------------------------------------------------- progress of a run
+
+
+def _notebook(cells: list[str]) -> dict:
+    code = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [],
+             "source": src} for i, src in enumerate(cells)]
+    code[0]["metadata"]["tags"] = ["parameters"]
+    return {"cells": code, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                       "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_run_prints_heartbeats_and_keeps_progress_out_of_the_pages(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A sleeping cell gets heartbeat lines; the library's bars reach the terminal, not the page."""
+    nb = tmp_path / "nbs" / "01_sleepy.ipynb"
+    nb.parent.mkdir()
+    nb.write_text(json.dumps(_notebook([
+        "seconds = 1.0  # how long each step sleeps",
+        "import time\nfrom iavutils.progress import progress_bar, tqdm, write\n"
+        "for _ in progress_bar(range(3), desc='fake work', leave=False):\n    time.sleep(seconds)\n"
+        "write('fake log line')\nfor _ in tqdm(range(2), desc='second bar'):\n    time.sleep(seconds)\n"
+        "print('cell output')",
+        "time.sleep(1.5)  # a long silent cell",
+    ])))
+    results = book.run_notebooks([nb], {"seconds": 0.8}, tmp_path / "book", progress=False, heartbeat_s=0.5)
+    assert results[0].ok, results[0].error
+    err = capsys.readouterr().err
+    beats = [ln for ln in err.splitlines() if "01_sleepy running" in ln]
+    assert len(beats) >= 4, err
+    # (papermill injects a cell with the parameters: the notebook runs 4 code cells)
+    assert any("cell 3/4: import time" in ln for ln in beats), err
+    assert any("cell 4/4: time.sleep(1.5)" in ln for ln in beats), err
+    assert any("fake work" in ln for ln in beats), err  # the bar's state in a heartbeat
+    assert "01_sleepy | fake log line" in err and "01_sleepy | second bar: 100%|| 2/2" in err
+    executed = json.loads((tmp_path / "book" / "generated" / nb.name).read_text())
+    outputs = json.dumps([c.get("outputs", []) for c in executed["cells"]])
+    assert "application/vnd.jupyter.widget-view+json" not in outputs
+    assert "fake work" not in outputs and "fake log line" not in outputs and "second bar" not in outputs
+    assert "cell output" in outputs
+    assert "IAV_PROGRESS_FILE" not in __import__("os").environ  # restored
+
+
+def test_progress_helper_outside_the_book(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from iavutils import progress
+
+    monkeypatch.delenv("IAV_PROGRESS_FILE", raising=False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress.progress_bar(range(3), desc="x").disable
+    monkeypatch.delenv("TQDM_DISABLE")
+    assert not progress.progress_bar(range(3), desc="x").disable
+    path = tmp_path / "p.log"
+    monkeypatch.setenv("IAV_PROGRESS_FILE", str(path))
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # meant for other libraries' bars: ours go to the file
+    for _ in progress.tqdm(range(2), desc="to the file"):
+        pass
+    progress.tqdm.write("a line")
+    text = path.read_text()
+    assert "to the file: 100%" in text and "a line\n" in text
