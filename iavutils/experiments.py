@@ -52,8 +52,16 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .runs import (  # light (no torch): the chapters' setup cells use them before the heavy imports
+    FinetuningRequired,
+    finetuned_in_run,
+    finetuned_models,
+    finetuning_status,
+    repo_root,
+    resolve_run_dir,
+    select_models,
+)
 from .store import ResultStore
 
 __all__ = [
@@ -67,6 +75,11 @@ __all__ = [
     "parse_models",
     "models_in_run",
     "ensure_finetuned",
+    "FinetuningRequired",
+    "finetuned_in_run",
+    "select_models",
+    "finetuning_status",
+    "finetuned_models",
     "training_history",
     "run_summary",
     "resolve_dataset",
@@ -119,38 +132,6 @@ _VERSION = 1
 
 
 # ----------------------------------------------------------------------------- paths and names
-
-
-def repo_root() -> Path | None:
-    """The checkout this package sits in (``pyproject.toml`` next to ``iavutils/``), else None."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file() and (here / "iavutils").is_dir():
-        return here
-    return None
-
-
-def resolve_run_dir(run_dir: str | os.PathLike | None = "") -> Path:
-    """Where checkpoints and cached results live.
-
-    Papermill starts the kernel in whatever directory it was called from, so a default must not
-    depend on the working directory when the package sits in a checkout.
-
-    Args:
-        run_dir: An explicit directory (relative paths are relative to the working directory,
-            as on any command line); ``""`` or ``None`` selects the default: the environment
-            variable ``IAV_RUN_DIR`` if set, else ``<repository root>/runs`` when the package
-            sits in a checkout, else ``./runs``.
-
-    Returns:
-        An absolute path (not created).
-    """
-    if run_dir not in (None, ""):
-        return Path(run_dir).expanduser().resolve()
-    env = os.environ.get("IAV_RUN_DIR", "")
-    if env:
-        return Path(env).expanduser().resolve()
-    root = repo_root()
-    return (root / "runs") if root is not None else (Path.cwd() / "runs").resolve()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -269,17 +250,11 @@ def _preset_order(preset: str) -> tuple[int, str]:
 def models_in_run(requested: Sequence[str], dataset: str, run_dir: str | os.PathLike | None = "") -> list[str]:
     """The requested presets plus every preset already finetuned on ``dataset`` in the run.
 
-    Comparison figures show every model whose results are in the run directory, as the paper's
-    figures show its four models, even when a notebook is run for one model.
+    The chapters show only the models their ``model`` parameter names; this is the "and every
+    other model of the run" view, which a chapter gives on request (``model="all"``, see
+    :func:`select_models`).
     """
-    root = resolve_run_dir(run_dir) / dataset
-    found = []
-    if root.is_dir():
-        known = _presets_module().PRESETS
-        for d in root.iterdir():
-            if d.name in known and d.is_dir() and any((d / "checkpoints").glob("epoch_*")):
-                found.append(d.name)
-    return sorted(set(requested) | set(found), key=_preset_order)
+    return sorted(set(requested) | set(finetuned_in_run(dataset, run_dir)), key=_preset_order)
 
 
 # ----------------------------------------------------------------------------- finetuning
@@ -437,13 +412,10 @@ def _load(preset: str, dataset: str, run_dir: str | os.PathLike | None, epoch: i
 
 
 def _progress(items: Sequence[Any], desc: str, enabled: bool = True) -> Any:
-    """A tqdm bar over ``items``; off when ``enabled`` is false or ``TQDM_DISABLE`` is set.
+    """A progress bar over ``items`` (:func:`iavutils.progress.progress_bar`)."""
+    from .progress import progress_bar
 
-    tqdm's notebook widget ignores ``TQDM_DISABLE``; the book run sets it so that no progress
-    widget lands in the published pages.
-    """
-    off = not enabled or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-    return tqdm(items, desc=desc, disable=off)
+    return progress_bar(items, desc=desc, disable=not enabled)
 
 
 def _store(run_dir: str | os.PathLike | None) -> ResultStore:

@@ -24,11 +24,13 @@ deterministically from a seed:
 then executes every chapter notebook for each preset at smoke scale (:data:`SMOKE_PARAMETERS`:
 one epoch on a few dozen images, 4 analysed images, 2 SmoothGrad samples) with
 ``HF_HUB_OFFLINE=1`` and ``IAV_DATA`` / ``IAV_RUN_DIR`` / ``HF_HOME`` in the temporary folder,
-through the book's own runner (:func:`iavutils.book.run_notebooks`), and builds the book from
-that run (:func:`iavutils.book.build_book`) on a copy of the book sources. Presets share one run
-directory, as in ``PRESETS=real make book``: the comparison chapters of the last preset show
-every model. The exit status is non-zero on the first failure, which is named (notebook, cell,
-error); per-notebook times are printed per preset.
+through the book's own runner (:func:`iavutils.book.run_notebooks`). Presets share one run
+directory; with several presets a last pass runs every notebook for all of them together, as
+``PRESETS=real make book`` does (comparison chapters, the separability test), mostly from the
+cached results of the per-preset passes. The book is built from that last pass
+(:func:`iavutils.book.build_book`) on a copy of the book sources. The exit status is non-zero
+on the first failure, which is named (notebook, cell, error); per-notebook times are printed
+per pass.
 
 Nothing generated here is committed: the weights are random (the numbers in the pages mean
 nothing), only the code paths, file formats and shapes are real.
@@ -87,10 +89,12 @@ SMOKE_PARAMETERS: dict[str, Any] = {
     "max_train": 32,  # finetuning images
     "num_images": 4,  # analysed held-out images
     "n_samples": 2,  # SmoothGrad samples
-    "num_eval": 8,  # images for the accuracies under shift (01)
+    "num_eval": 2,  # images for the accuracies under shift (01)
     "epoch_stride": 1,  # both checkpoints analysed (02, 04, 05, 11)
     "n_examples": 2,  # images shown with every model's maps (08)
-    "ablation_images": 2,  # images each head ablation is measured on (10)
+    "ablation_images": 1,  # images each head ablation is measured on (10)
+    "ablation_subsets": 1,  # head subsets per control group of the ablation (10)
+    "perturbation_steps": 1,  # removed fractions of the perturbation curves: 50 % only (08)
     "num_permutations": 100,  # Monte Carlo permutations (11)
     "perplexity": 2.0,  # t-SNE perplexity (07; capped by the image count anyway)
     "device": "cpu",
@@ -98,7 +102,7 @@ SMOKE_PARAMETERS: dict[str, Any] = {
 
 #: CIFAR-10 of the rehearsal: images per training batch file (5 files) and in the test batch.
 CIFAR_TRAIN_PER_BATCH = 8
-CIFAR_TEST_IMAGES = 16
+CIFAR_TEST_IMAGES = 10
 
 
 # ============================================================================================
@@ -548,7 +552,7 @@ class RehearsalResult:
 
     Attributes:
         workdir: The temporary folder (hub cache, data, runs, book copy, site).
-        times: Preset -> notebook -> seconds.
+        times: Pass (a preset, then ``"all"`` with several presets) -> notebook -> seconds.
         failure: The first failure, one line (empty when everything ran).
         build_status: Exit status of the book build (``None``: not built).
         pages: Chapter pages of the built site (file names).
@@ -611,7 +615,8 @@ def _copy_book_sources(root: Path) -> Path:
 
     shutil.copy2(REPO / "_config.yml", root / "_config.yml")
     book = root / "book"
-    shutil.copytree(BOOK_DIR, book, ignore=shutil.ignore_patterns("generated", "_build", "_vendor", ".ipynb_checkpoints"))
+    shutil.copytree(BOOK_DIR, book, ignore=shutil.ignore_patterns("generated", "_build", "_vendor", ".ipynb_checkpoints"),
+                    dirs_exist_ok=True)  # a rerun in the same work folder
     return book
 
 
@@ -638,7 +643,8 @@ def rehearse(
     """Generates the offline world, runs every notebook per preset, builds the book.
 
     Args:
-        presets: Presets, in order (each runs every notebook; the run directory is shared).
+        presets: Presets, in order (each runs every notebook; the run directory is shared; with
+            several, a last pass runs every notebook for all of them, from the cached results).
         workdir: Where everything goes (created; default: a new temporary folder, kept).
         seed: Seeds the weights and the images.
         parameters: Overrides of :data:`SMOKE_PARAMETERS`.
@@ -674,18 +680,22 @@ def rehearse(
     }
     notebooks = book.list_notebooks(only)
     with _environment(env):
-        for preset in presets:
-            params = book.default_parameters([preset], run_dir)
+        # One pass per preset (its own cost, per notebook), then, with several presets, one pass
+        # over all of them as `PRESETS=real make book` runs them: the comparison chapters and
+        # the separability test with every model, from the cached results of the first passes.
+        passes = [(p, p) for p in presets] + ([("all", ",".join(presets))] if len(presets) > 1 else [])
+        for name, model in passes:
+            params = book.default_parameters(model.split(","), run_dir)
             params["dataset"] = "cifar10"
             params.update(SMOKE_PARAMETERS)
             params.update(parameters or {})
-            print(f"\n=== {preset}: {len(notebooks)} notebooks", flush=True)
+            print(f"\n=== {name} ({model}): {len(notebooks)} notebooks", flush=True)
             results = book.run_notebooks(notebooks, params, book_dir, progress=progress)
-            result.times[preset] = {r.name: round(r.seconds, 1) for r in results}
+            result.times[name] = {r.name: round(r.seconds, 1) for r in results}
             for r in results:
                 if not r.ok:
                     found = first_failure(book_dir / "generated" / f"{r.name}.ipynb", r.name)
-                    result.failure = f"{preset}: " + (found or f"{r.name}: {r.error}")
+                    result.failure = f"{name}: " + (found or f"{r.name}: {r.error}")
                     break
             if result.failure:
                 break

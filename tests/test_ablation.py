@@ -130,3 +130,45 @@ def test_run_head_ablation_on_a_run(tmp_path):
     assert (r["rgroup.n_high"] + r["rgroup.n_low"]).tolist() == [4.0] * 6
     df = ab.ablation_frame({"tiny-sup": r})
     assert len(df) == 24 and set(df.columns) >= {"ia", "high_ia", "high_rel", "gmar_weight", "logit_drop"}
+
+
+def test_group_ablation_shared_cache_and_max_subsets():
+    # Two head splits on the same model and data share their measured drops: same numbers,
+    # fewer forwards; max_subsets bounds the forwards of each control.
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=4, num_classes=3).eval()
+    data = _data(8)
+    high = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    rel = torch.tensor([[False, True, True, False], [True, False, False, True]])
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        alone = ab.group_ablation(model, data, rel, progress=False)
+        n_alone = len(calls)
+        drops: dict = {}
+        ab.group_ablation(model, data, high, progress=False, cache=drops)
+        calls.clear()
+        shared = ab.group_ablation(model, data, rel, progress=False, cache=drops)
+        assert len(calls) < n_alone
+        for k in alone:
+            assert torch.allclose(alone[k], shared[k], equal_nan=True), k
+        calls.clear()
+        few = ab.group_ablation(model, data, rel, progress=False, max_subsets=1)
+        assert len(calls) < n_alone and few["low_control_logit_drop"].isfinite().all()
+    finally:
+        handle.remove()
+
+
+def test_run_head_ablation_max_subsets_is_part_of_the_key(tmp_path):
+    from fake_runs import write_fake_run
+
+    write_fake_run(tmp_path, "tiny-sup")
+    kw = dict(num_images=4, n_samples=2, ablation_images=4, device="cpu", progress=False)
+    full = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
+    one = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, max_subsets=1, **kw)
+    assert torch.equal(full["single.logit_drop"], one["single.logit_drop"])  # single heads: unaffected
+    assert torch.equal(full["rgroup.all_logit_drop"], one["rgroup.all_logit_drop"])
+    # one control subset instead of all six 2-subsets of a layer's 4 heads: its own cache entry
+    assert torch.isfinite(one["rgroup.low_control_logit_drop"]).all()
+    again = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
+    assert torch.equal(again["rgroup.low_control_logit_drop"], full["rgroup.low_control_logit_drop"])

@@ -106,3 +106,10 @@ def test_explorer_ablation_separability_09_to_11(cifar_run):
     trends = sp.checkpoint_trends(PRESETS, "cifar10", cifar_run, epoch_stride=1, **SMALL)
     assert set(trends) == set(PRESETS) and trends["tiny-sup"]["epochs"].tolist() == [0, 1]
     assert not math.isnan(float(trends["tiny-sup"]["global_iav"].double().nanmean()))
+
+
+def test_perturbation_fractions():
+    assert ev.perturbation_fractions(9) == ev.DEFAULT_FRACTIONS
+    assert ev.perturbation_fractions(1) == (0.5,)
+    with pytest.raises(ValueError, match="perturbation steps must be an integer >= 1, got 0"):
+        ev.perturbation_fractions(0)

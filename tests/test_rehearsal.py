@@ -156,8 +156,8 @@ def test_rehearsal_beit_deit_runs_every_notebook_and_builds_the_book(tmp_path):
     (tmp_path / "rehearsal.log").write_text(log)
     assert proc.returncode == 0, log[-6000:]
     report = json.loads((work / "rehearsal.json").read_text())
-    assert list(report["times"]) == ["beit", "deit"]
-    for preset in ("beit", "deit"):
+    assert list(report["times"]) == ["beit", "deit", "all"]  # each preset, then both together
+    for preset in ("beit", "deit", "all"):
         assert sorted(report["times"][preset]) == NOTEBOOKS
     assert report["failure"] == "" and report["build_status"] == 0
     assert report["pages"] == sorted(f"{n}.html" for n in NOTEBOOKS)

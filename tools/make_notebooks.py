@@ -16,7 +16,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 COMMON_PARAMETERS = '''\
-model = "tiny-mim,tiny-dino,tiny-sup,tiny-sup21k"  # a preset, comma-separated presets, or tiny / real
+model = "tiny-mim,tiny-dino,tiny-sup,tiny-sup21k"  # a preset, comma-separated presets, tiny, real, or all (every model finetuned in the run)
 run_dir = ""  # empty: $IAV_RUN_DIR, else <repository>/runs
 dataset = "auto"  # auto: embedded for the tiny presets, cifar10 otherwise
 num_images = 64  # held-out images analysed (the same seeded subset for every model)
@@ -28,7 +28,20 @@ seed = 0  # image subset and SmoothGrad noise'''
 ANALYSIS_EXTRA = '''
 target = "label"  # class explained by SmoothGrad: label (ground truth) or predicted'''
 
+FINETUNE_PARAMETER = '''
+finetune = "auto"  # model not finetuned in the run: auto = tiny presets finetune here, hub presets stop with the command; True = finetune here; False = stop'''
+
+# The parameters are checked and the finetuning looked up before the heavy imports (torch, timm,
+# plotting): iavutils.parameters and iavutils.runs import none of them, so that a bad -p value or a
+# missing finetuning fails within seconds, with a message saying what to do.
 SETUP = '''\
+from iavutils.parameters import check_parameters
+from iavutils.runs import {runs_import}
+
+check_parameters(globals())  # every parameter above: a bad value stops here, naming what is accepted
+{select}
+
+import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
@@ -36,11 +49,17 @@ from iavutils import experiments as ex
 from iavutils import plots
 
 plots.setup()
-presets = ex.parse_models(model)
-dataset = ex.resolve_dataset(dataset, presets)
-run = ex.resolve_run_dir(run_dir)
-models = ex.models_in_run(presets, dataset, run)  # every model with results in this run
 {common}print(f"run directory: {{run}}\\ndataset: {{dataset}}\\nmodels: {{', '.join(models)}}")'''
+
+SELECT_FINETUNED = '''\
+# Exactly the models named by `model`; one without complete finetuning is finetuned here or
+# stops with the command to run (parameter `finetune`).
+models, dataset, run = finetuned_models(model, dataset, run_dir, finetune=finetune, device=device,
+                                        notebook="{name}")'''
+
+SELECT_ONLY = '''\
+presets, dataset, run = select_models(model, dataset, run_dir)  # exactly the models named by `model`
+models = presets'''
 
 ANALYSIS_COMMON = '''\
 common = dict(run_dir=run, num_images=num_images, n_samples=n_samples, noise_level=noise_level,
@@ -70,13 +89,16 @@ def code(text: str, tags: tuple[str, ...] = ()) -> nbformat.NotebookNode:
     return cell
 
 
-def parameters(extra: str = "", analysis: bool = True) -> nbformat.NotebookNode:
-    text = "# Parameters (papermill: -p name value)\n" + COMMON_PARAMETERS + (ANALYSIS_EXTRA if analysis else "") + extra
+def parameters(extra: str = "", analysis: bool = True, finetune: bool = True) -> nbformat.NotebookNode:
+    text = ("# Parameters (papermill: -p name value)\n" + COMMON_PARAMETERS + (FINETUNE_PARAMETER if finetune else "")
+            + (ANALYSIS_EXTRA if analysis else "") + extra)
     return code(text, tags=("parameters",))
 
 
-def setup(analysis: bool = True) -> nbformat.NotebookNode:
-    return code(SETUP.format(common=ANALYSIS_COMMON if analysis else ""))
+def setup(name: str, analysis: bool = True, finetune: bool = True) -> nbformat.NotebookNode:
+    select = SELECT_FINETUNED.format(name=name) if finetune else SELECT_ONLY
+    return code(SETUP.format(runs_import="finetuned_models" if finetune else "select_models", select=select,
+                             common=ANALYSIS_COMMON if analysis else ""))
 
 
 def notebook(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
@@ -110,12 +132,11 @@ epoch is already there.
         parameters('''
 epochs = None  # None: the recipe's number of epochs (tiny: 4, paper: 30)
 max_train = None  # None: every training image; a number trains on the first max_train only
-recipe = ""  # empty: tiny for embedded presets, paper otherwise''', analysis=False),
-        setup(analysis=False),
+recipe = ""  # empty: tiny for embedded presets, paper otherwise''', analysis=False, finetune=False),
+        setup("00_finetune", analysis=False, finetune=False),
         code('''
 for p in presets:
     ex.ensure_finetuned(p, dataset, run, recipe=recipe or None, epochs=epochs, max_train=max_train, device=device)
-models = ex.models_in_run(presets, dataset, run)
 display(ex.run_summary(models, dataset, run))
 '''),
         md('''
@@ -159,7 +180,7 @@ randomness is seeded and identical for every model.
 '''),
         parameters('''
 num_eval = 500  # held-out images for the accuracies under shift; 0: the whole split''', analysis=False),
-        setup(analysis=False),
+        setup("01_generalization_robustness", analysis=False),
         md('''
 ## Accuracy of the last checkpoint
 '''),
@@ -225,7 +246,7 @@ not comparable with the paper's (unstated) normalisation, only the ordering of t
 '''),
         parameters('''
 epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one always)'''),
-        setup(),
+        setup("02_training_dynamics"),
         md(DEFINITIONS),
         code('''
 dynamics = ex.training_dynamics(models, dataset, stride=epoch_stride, **common)
@@ -275,7 +296,7 @@ most relevant patches are set to black in pixel space first; accuracy is against
 last checkpoint, the same images as the other chapters.
 '''),
         parameters(),
-        setup(),
+        setup("03_input_disturbance"),
         code('''
 masking = ex.masking_curves(models, dataset, **common)
 fig = plots.masking_curves(masking)
@@ -326,7 +347,7 @@ nats); the maximum $\\log P$ is uniform attention over the $P$ patches.
 '''),
         parameters('''
 epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one always)'''),
-        setup(),
+        setup("04_global_receptive_field"),
         md(DEFINITIONS),
         md('''
 ## Entropy per head over finetuning (paper Fig. 6a)
@@ -402,7 +423,7 @@ the embedded dataset also has ground-truth object masks, which give a second AAV
 epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one always)
 aav_reference = "auto"  # preset whose last-checkpoint SmoothGrad is the AAV map (auto: the DINO-like one)
 example = 0  # which analysed image Fig. 2 shows'''),
-        setup(),
+        setup("05_global_iav"),
         md(DEFINITIONS),
         md('''
 ## One image through every head (paper Fig. 2)
@@ -494,7 +515,7 @@ conjecture: *agreement with the attribution is a property of the head, not of th
 some heads are "enthusiastic", others "apathetic" about the input region.
 '''),
         parameters(),
-        setup(),
+        setup("06_head_roles"),
         md(DEFINITIONS),
         code('''
 heads = ex.head_scores(models, dataset, **common)
@@ -562,7 +583,7 @@ the separation with a number that does not depend on t-SNE's randomness: the lea
 '''),
         parameters('''
 perplexity = 15.0  # t-SNE perplexity (capped for small image sets)'''),
-        setup(),
+        setup("07_class_discrimination"),
         md(DEFINITIONS),
         code('''
 embedding = ex.iav_tsne(models, dataset, perplexity=perplexity, **common)
@@ -612,10 +633,6 @@ def main() -> None:
     NOTEBOOK_DIR.mkdir(exist_ok=True)
     for name, build in BUILDERS.items():
         nb = build()
-        # pandas is used by some analysis cells; import it in the setup cell of every notebook.
-        for cell in nb.cells:
-            if cell.cell_type == "code" and cell.source.startswith("import matplotlib.pyplot as plt"):
-                cell.source = "import pandas as pd\n" + cell.source
         # Stable cell ids, so that regenerating an unchanged notebook changes nothing in git.
         for i, cell in enumerate(nb.cells):
             cell.id = f"{name.split('_')[0]}-{i:02d}"
