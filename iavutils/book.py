@@ -8,7 +8,10 @@ Usage::
 
 ``run`` executes ``notebooks/*.ipynb`` in name order (``00_finetune`` first: the later
 notebooks read its checkpoints) into ``<book-dir>/generated/<name>.ipynb``, passing each
-notebook only the parameters it declares in its ``parameters`` cell. ``build`` vendors the
+notebook only the parameters it declares in its ``parameters`` cell. While a notebook runs, the
+library's progress (:mod:`iavutils.progress`) is relayed to this terminal instead of the pages,
+and a heartbeat line (notebook, running cell, latest progress, elapsed time) is printed every
+:data:`HEARTBEAT_S` seconds. ``build`` vendors the
 pinned JavaScript the site serves itself (``npm ci`` in ``tools/book-assets``), checks that
 every page of ``_toc.yml`` has its executed notebook, and runs
 ``jupyter-book build <book-dir> -W --keep-going``; the site lands in ``_build/html`` next to

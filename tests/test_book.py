@@ -54,6 +54,22 @@ def test_run_reports_wall_times(built_book: BuiltBook) -> None:
     assert "notebook wall times:" in built_book.run_log
 
 
+@pytest.mark.slow
+def test_no_progress_bar_in_the_pages_and_heartbeats_in_the_log(built_book: BuiltBook) -> None:
+    """Progress goes to the terminal running the book (heartbeat lines), never into the pages."""
+    for notebook in NOTEBOOKS:
+        nb = json.loads(built_book.executed(notebook.name).read_text())
+        for cell in nb["cells"]:
+            for out in cell.get("outputs", []):
+                data = out.get("data", {})
+                text = "".join(data.get("text/plain", "")) + "".join(out.get("text", ""))
+                # tqdm's widget (and its text fallback) reads "... | 3/8 [00:02<00:03, 1.50it/s]".
+                assert not ("application/vnd.jupyter.widget-view+json" in data and ("it/s]" in text
+                            or "s/it]" in text)), f"{notebook.stem}: a progress widget in the page"
+                assert "it/s]" not in text and "s/it]" not in text, f"{notebook.stem}: progress text in the page"
+    assert "running 0:" in built_book.run_log  # the runner's heartbeat lines (every 25 s)
+
+
 # ----------------------------------------------------------------------------- slow: the build
 
 

@@ -29,7 +29,7 @@ ANALYSIS_EXTRA = '''
 target = "label"  # class explained by SmoothGrad: label (ground truth) or predicted'''
 
 FINETUNE_PARAMETER = '''
-finetune = "auto"  # model not finetuned in the run: auto = tiny presets finetune here, hub presets stop with the command; True = finetune here; False = stop'''
+finetune = "auto"  # missing finetuning: auto finetunes tiny presets here and stops for hub presets with the command to run; True finetunes here; False stops'''
 
 # The parameters are checked and the finetuning looked up before the heavy imports (torch, timm,
 # plotting): iavutils.parameters and iavutils.runs import none of them, so that a bad -p value or a
