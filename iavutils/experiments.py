@@ -952,6 +952,7 @@ def masking_curves(
                 curve = perturbation_curve(
                     model, data["x"].to(dev), orders[m].to(dev), data["y"], info=info, fractions=list(ratios),
                     mode="positive", unit="patch", grid=grid, seed=int(seed) + i,
+                    clean=r["logits"].argmax(1).to(dev),  # ratio 0: the analysis' own forward
                 )
                 out[m] = curve.accuracy.float()
                 out["fractions"] = curve.fractions.float()

@@ -279,3 +279,27 @@ def test_gmar_vs_rollout_verdicts():
     out = ev.gmar_vs_rollout({"m": res}, pairs=(("gmar_l1", "rollout"),))
     verdict = dict(zip(out["mode"], out["better"]))
     assert verdict == {"positive": True, "negative": False}
+
+
+def test_perturbation_reuses_given_clean_predictions():
+    model, x, y, region = _object_world(B=4)
+    good = region.expand(4, 16, 16)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        plain = ev.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.001, 0.5])
+        n_plain = sum(calls)
+        calls.clear()
+        clean = model(x).argmax(1)
+        calls.clear()
+        reused = ev.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.001, 0.5], clean=clean)
+    finally:
+        handle.remove()
+    assert torch.equal(plain.correct, reused.correct)
+    # fractions 0 and 0.001 (round(0.256) = 0 pixels) remove nothing: only 0.5 is forwarded
+    assert n_plain == 3 * 4 and sum(calls) == 4
+    # a wrong clean prediction is taken as given (so it must come from the same model and images)
+    wrong = ev.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.5], clean=1 - clean)
+    assert wrong.correct[0].sum() == 0
+    with pytest.raises(ValueError, match=r"clean must hold B=4 predicted classes, got shape \(3,\)"):
+        ev.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, clean=clean[:3])
