@@ -255,6 +255,10 @@ def _table() -> dict[str, Parameter]:
                   _choice("checkpoint", "run")),
         Parameter("num_permutations", "an integer >= 1", "Monte Carlo permutations (exact when enumerable)",
                   _int_at_least(1)),
+        Parameter("perturbation_steps", "an integer >= 1 (9: removed fractions 10 %, 20 %, ..., 90 %)",
+                  "how many removed fractions the perturbation curves measure", _int_at_least(1)),
+        Parameter("ablation_subsets", "an integer >= 1", "same-size head subsets averaged per control group",
+                  _int_at_least(1)),
     ]
     return {p.name: p for p in rows}
 

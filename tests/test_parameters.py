@@ -57,6 +57,8 @@ CASES = [
     ("unit", "model", {}, "expected 'checkpoint' or 'run'"),
     ("aav_reference", "dinov2", {}, "parameter aav_reference = 'dinov2' is not accepted (not a preset)"),
     ("num_images", True, {}, "parameter num_images = True is not accepted (not an integer)"),
+    ("perturbation_steps", 0, {}, "parameter perturbation_steps = 0 is not accepted (below 1): expected an integer >= 1"),
+    ("ablation_subsets", 2.0, {}, "parameter ablation_subsets = 2.0 is not accepted (not an integer)"),
 ]
 
 
