@@ -313,9 +313,10 @@ def _running_cell(nb_path: Path) -> str:
     code = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
     for i, cell in enumerate(code, 1):
         if (cell.get("metadata", {}).get("papermill", {}) or {}).get("status") == "running":
-            first = next((ln.strip() for ln in _source(cell).splitlines()
-                          if ln.strip() and not ln.strip().startswith("#")), "")
-            return f"cell {i}/{len(code)}: {first[:60]}"
+            # The first statement that is not an import names what the cell does.
+            lines = [ln.strip() for ln in _source(cell).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+            first = next((ln for ln in lines if not ln.startswith(("import ", "from "))), lines[0] if lines else "")
+            return f"cell {i}/{len(code)}: {first.split('  #')[0][:60]}"
     return ""
 
 

@@ -41,7 +41,8 @@ def _sink() -> TextIO | None:
     with _lock:
         f = _sinks.get(path)
         if f is None or f.closed:
-            f = _sinks[path] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open, appended to)
+            # Line-buffered: tqdm flushes its refreshes, but not the newline that ends a bar.
+            f = _sinks[path] = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (kept open)
         return f
 
 
