@@ -172,3 +172,35 @@ def test_run_head_ablation_max_subsets_is_part_of_the_key(tmp_path):
     assert torch.isfinite(one["rgroup.low_control_logit_drop"]).all()
     again = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
     assert torch.equal(again["rgroup.low_control_logit_drop"], full["rgroup.low_control_logit_drop"])
+
+
+@pytest.mark.parametrize("kind", ["vit", "beit"])
+def test_ablated_forwards_start_at_the_ablated_layer(kind):
+    # Blocks before the ablated layer are not run again (their output is the clean forward's),
+    # and the drops are those of full forwards, for timm's Sequential and ModuleList blocks.
+    from timm.models.beit import Beit
+
+    torch.manual_seed(0)
+    kw = dict(img_size=16, patch_size=4, embed_dim=16, depth=3, num_heads=2, num_classes=3)
+    model = (VisionTransformer(**kw) if kind == "vit" else Beit(**kw, use_rel_pos_bias=True)).eval()
+    data = _data(5)
+    full_drop = torch.zeros(3, 2)
+    with torch.no_grad():
+        out0 = model(data[0])
+        z0 = out0.gather(1, data[1][:, None]).squeeze(1)
+        for l in range(3):
+            for h in range(2):
+                with ab.ablate_heads(model, [(l, h)]):
+                    z = model(data[0]).gather(1, data[1][:, None]).squeeze(1)
+                full_drop[l, h] = (z0 - z).mean()
+    runs = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda m, a: runs.append(1))
+    blocks_before = list(model.blocks)
+    try:
+        r = ab.head_ablation(model, data, progress=False)
+    finally:
+        handle.remove()
+    assert torch.allclose(r["logit_drop"], full_drop, atol=1e-5)
+    # block 0 runs for the clean forward and the two heads of layer 0 only
+    assert len(runs) == 1 + 2
+    assert list(model.blocks) == blocks_before and _no_hooks(model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import pickletools
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -149,8 +150,13 @@ def test_first_failure_names_notebook_cell_and_error(tmp_path):
 def test_rehearsal_beit_deit_runs_every_notebook_and_builds_the_book(tmp_path):
     work = tmp_path / "rehearsal"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "iavutils.rehearsal", "--presets", "beit,deit",
-                           "--workdir", str(work)], cwd=REPO, capture_output=True, text=True, timeout=5400)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "iavutils.rehearsal", "--presets", "beit,deit",
+                               "--workdir", str(work)], cwd=REPO, capture_output=True, text=True, timeout=5400)
+    finally:
+        # ~4 GB of ViT-B/16 checkpoints and hub files: not worth keeping in pytest's temp folders
+        for heavy in ("runs", "hf"):
+            shutil.rmtree(work / heavy, ignore_errors=True)
     seconds = time.perf_counter() - t0
     log = proc.stdout + proc.stderr
     (tmp_path / "rehearsal.log").write_text(log)
