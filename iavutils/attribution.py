@@ -73,8 +73,8 @@ def check_target(target: object, batch_size: int | None = None) -> int | Tensor 
         return int(target)
     if isinstance(target, numbers.Number):
         raise TypeError(
-            f"target must be {_TARGET_FORMS}; got {_describe(target)}. Class indices are integers: "
-            f"pass int(target) if you mean to round it."
+            f"target must be {_TARGET_FORMS}; got {_describe(target)}. Class indices are integers; "
+            f"convert it yourself (e.g. int(target)) if that is what you mean."
         )
     if isinstance(target, (list, tuple, np.ndarray)):
         try:
@@ -204,6 +204,12 @@ def smoothgrad(
 
     Returns:
         Non-negative attribution ``[B,H,W]``.
+
+    Raises:
+        TypeError: ``target`` is a float, bool, string or floating-point tensor
+            (:func:`~iavutils.attribution.check_target`).
+        ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
+        RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
     check_input(model, x)
     check_grad_mode("smoothgrad")
@@ -257,6 +263,12 @@ def gradcam(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> 
 
     Returns:
         Non-negative patch map ``[B,P]``.
+
+    Raises:
+        TypeError: ``target`` is a float, bool, string or floating-point tensor
+            (:func:`~iavutils.attribution.check_target`).
+        ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
+        RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
     geo = model_geometry(model)
     check_input(model, x)

@@ -282,15 +282,15 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 problem = f"{type(err).__name__}: {err}"
         raise ValueError(
             f"cannot read the weights file {path}: {problem}. It is damaged or incompletely copied; "
-            f"copy, download or re-create it again."
+            f"replace it (copy, download or re-create it)."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(
             f"cannot read the weights file {path} ({type(err).__name__}: {err}). Expected safetensors or a "
-            f"torch.save file of tensors (read with weights_only=True); a truncated or damaged file must be "
-            f"copied or re-created again."
+            f"torch.save file of tensors (read with weights_only=True); replace a truncated or damaged file "
+            f"(copy, download or re-create it)."
         ) from err
     for wrapper in ("model", "state_dict", "module"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):

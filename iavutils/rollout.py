@@ -167,6 +167,12 @@ def gmar(model: nn.Module, x: Tensor, target: int | Tensor | None = None, norm: 
 
     Returns:
         ``[B,P]``.
+
+    Raises:
+        TypeError: ``target`` is a float, bool, string or floating-point tensor
+            (:func:`~iavutils.attribution.check_target`).
+        ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
+        RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
     if norm not in GMAR_NORMS:
         raise ValueError(f"norm must be one of {GMAR_NORMS}, got {norm!r}")
@@ -187,6 +193,12 @@ def gradient_rollout(model: nn.Module, x: Tensor, target: int | Tensor | None = 
 
     Returns:
         The class token's row of ``R`` over the patches, ``[B,P]``.
+
+    Raises:
+        TypeError: ``target`` is a float, bool, string or floating-point tensor
+            (:func:`~iavutils.attribution.check_target`).
+        ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
+        RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
     attn, grads, T = _attention_and_grads(model, x, target, "gradient_rollout")
     return gradient_rollout_from_grads(attn, grads, T)

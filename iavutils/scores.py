@@ -113,6 +113,12 @@ def iav(
 
     Returns:
         ``[B,L,H]`` IA-Scores (flatten to ``[B, L*H]`` for the paper's vector).
+
+    Raises:
+        TypeError: ``target`` is a float, bool, string or floating-point tensor
+            (:func:`~iavutils.attribution.check_target`).
+        ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
+        RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
     if attribution not in ATTRIBUTIONS:
         raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, got {attribution!r}")

@@ -357,6 +357,10 @@ def finetune(
     run = run_path(run_dir, dataset, preset)
     ck = run / "checkpoints"
 
+    if (run / "config.json").exists():
+        _read_config(run)  # a damaged file is named now, not after the datasets are built
+        _read_metrics(run)
+
     # Datasets first: their class count fixes the head, which is part of the configuration.
     info = PRESETS[preset]
     train_ds = get_dataset(dataset, "train", info=info, root=data_root)
