@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 PRESETS ?= tiny
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast book notebooks bench pretrain rehearse clean
+.PHONY: install test test-fast book notebooks bench pretrain rehearse lab clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 
 pretrain: $(STAMP)
 	$(BIN)/python -m iavutils.pretrain --all
+
+# JupyterLab on the .venv kernel, serving the repository, offline; it prints its URL.
+# Options go to `jupyter lab`: `make lab LAB_ARGS="--no-browser --port 8890"`.
+lab: $(STAMP)
+	$(BIN)/python -m iavutils.lab $(LAB_ARGS)
 
 # Every chapter with the hub presets, offline, at smoke scale: a generated hub cache (random
 # weights, real files and shapes) and CIFAR-10 in its official format, in a temporary folder.
