@@ -499,7 +499,7 @@ def warn_no_masks(dataset: str, skipped: str) -> None:
         skipped: What is not computed, e.g. ``"the AAV with the object mask"``.
     """
     warnings.warn(
-        f"{dataset} has no object masks: {skipped} is skipped; everything else is computed. "
+        f"{dataset} has no object masks, so {skipped} cannot be computed; everything else is. "
         "The embedded dataset has masks (dataset='embedded' with the tiny presets).",
         NoMasksWarning, stacklevel=3)
 
