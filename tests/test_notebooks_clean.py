@@ -45,3 +45,30 @@ def test_parameters_cell_declares_the_common_parameters(notebook: Path) -> None:
 def test_uses_the_plain_python3_kernel(notebook: Path) -> None:
     spec = _load(notebook).get("metadata", {}).get("kernelspec", {})
     assert spec.get("name") == "python3", f"{notebook.name}: kernelspec {spec.get('name')!r}, expected 'python3'"
+
+
+def test_no_control_characters(notebook: Path) -> None:
+    """A LaTeX command in a non-raw Python string turns into a control character (``\\a`` of
+    ``\\approx`` becomes BEL), which MathJax shows as "Math input error"."""
+    for i, cell in enumerate(_load(notebook)["cells"]):
+        text = "".join(cell["source"])
+        bad = sorted({hex(ord(ch)) for ch in text if ord(ch) < 32 and ch != "\n"})
+        assert not bad, f"{notebook.name} cell {i}: control characters {bad}"
+
+
+def test_generated_notebooks_match_their_source(notebook: Path) -> None:
+    """00–07 come from tools/make_notebooks.py: the committed file is exactly what it writes."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", REPO / "tools" / "make_notebooks.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    if notebook.stem not in gen.BUILDERS:
+        pytest.skip(f"{notebook.name} is edited by hand (not generated)")
+    expected = nbformat.writes(gen.build(notebook.stem)) + "\n"
+    assert notebook.read_text() == expected, (
+        f"{notebook.name} differs from tools/make_notebooks.py: edit the generator and run "
+        f"`python tools/make_notebooks.py`, never the notebook"
+    )

@@ -78,12 +78,21 @@ patches. All of it is computed once per checkpoint and cached in the run directo
 chapters 02–07 share it.'''
 
 
+def _printable(text: str) -> str:
+    # A LaTeX command in a non-raw string loses its backslash to an escape (`\approx` -> BEL),
+    # which MathJax then reports as "Math input error": refuse it here, at generation time.
+    bad = sorted({hex(ord(ch)) for ch in text if ord(ch) < 32 and ch != "\n"})
+    if bad:
+        raise ValueError(f"control characters {bad} in a cell (write LaTeX in a raw string):\n{text[:200]}")
+    return text
+
+
 def md(text: str) -> nbformat.NotebookNode:
-    return new_markdown_cell(text.strip("\n"))
+    return new_markdown_cell(_printable(text.strip("\n")))
 
 
 def code(text: str, tags: tuple[str, ...] = ()) -> nbformat.NotebookNode:
-    cell = new_code_cell(text.strip("\n"))
+    cell = new_code_cell(_printable(text.strip("\n")))
     if tags:
         cell.metadata["tags"] = list(tags)
     return cell
@@ -383,7 +392,7 @@ display(stats.round(3))
 display(Markdown(ex.pretraining_contrast(stats["mean"].to_dict(), "self-supervised higher",
                                          "mean entropy of the last layer (nats)")))
 '''),
-        md('''
+        md(r'''
 **Reading the figures.** The paper's dynamics claim is the sign of the change: up for
 supervised, down for self-supervised models (the `change` column). Its last-layer claim is
 that the self-supervised models' boxes sit high with little spread and DeiT's low. Our tiny
@@ -629,16 +638,21 @@ BUILDERS = {
 }
 
 
+def build(name: str) -> nbformat.NotebookNode:
+    """The notebook ``name`` as this script makes it (validated, with stable cell ids)."""
+    nb = BUILDERS[name]()
+    # Stable cell ids, so that regenerating an unchanged notebook changes nothing in git.
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{name.split('_')[0]}-{i:02d}"
+    nbformat.validate(nb)
+    return nb
+
+
 def main() -> None:
     NOTEBOOK_DIR.mkdir(exist_ok=True)
-    for name, build in BUILDERS.items():
-        nb = build()
-        # Stable cell ids, so that regenerating an unchanged notebook changes nothing in git.
-        for i, cell in enumerate(nb.cells):
-            cell.id = f"{name.split('_')[0]}-{i:02d}"
-        nbformat.validate(nb)
+    for name in BUILDERS:
         path = NOTEBOOK_DIR / f"{name}.ipynb"
-        nbformat.write(nb, path)
+        nbformat.write(build(name), path)
         print(f"wrote {path}")
 
 
