@@ -463,6 +463,8 @@ def _run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_d
             shutil.rmtree(progress_file.parent, ignore_errors=True)
         if ok and (found := _first_error(out)):
             ok, error = False, found
+        if out.exists():
+            collapse_code(out)
         seconds = time.perf_counter() - t0
         results.append(NotebookResult(nb.stem, seconds, ok, error, params))
         status = "ok" if ok else "FAILED"
@@ -478,6 +480,21 @@ def _run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_d
     _write_timings(out_dir / "timings.json", results, parameters)
     _print_summary(results, time.perf_counter() - t_start, budget_s)
     return results
+
+
+def collapse_code(nb_path: Path) -> None:
+    """Tags every code cell of an executed notebook ``hide-input`` (papermill's injected one too).
+
+    The published page then shows each cell's outputs with its code folded behind a toggle;
+    the source notebooks stay untagged, so JupyterLab shows them as they are.
+    """
+    nb = json.loads(Path(nb_path).read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            if "hide-input" not in tags:
+                tags.append("hide-input")
+    _atomic_write_text(Path(nb_path), json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def _fmt_minutes(seconds: float) -> str:

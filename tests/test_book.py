@@ -7,6 +7,7 @@ directory (tests/book_fixtures.py); the fast ones check the CLI's pieces on thei
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,21 @@ def test_book_builds_strict_and_every_toc_page_was_executed(built_book: BuiltBoo
 
 
 @pytest.mark.slow
+def test_every_code_cell_is_collapsed_in_the_pages(built_book: BuiltBook) -> None:
+    """Code (the parameters and papermill's injected cell included) folds behind a toggle."""
+    for notebook in NOTEBOOKS:
+        nb = json.loads(built_book.executed(notebook.name).read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all("hide-input" in c["metadata"].get("tags", []) for c in code), notebook.stem
+        html = (built_book.html_dir / "generated" / f"{notebook.stem}.html").read_text()
+        # myst-nb gives each code cell's container the class tag_<tag> of each of its tags.
+        cells = re.findall(r'<div class="(cell(?: [^"]*)?) docutils container"', html)
+        unfolded = [c for c in cells if "tag_hide-input" not in c.split()]
+        assert cells and not unfolded, f"{notebook.stem}: {len(unfolded)} of {len(cells)} code cells not folded"
+    assert "Math input error" not in "".join(p.read_text() for p in built_book.html_dir.rglob("*.html"))
+
+
+@pytest.mark.slow
 def test_built_pages_load_nothing_remote(built_book: BuiltBook) -> None:
     assert built_book.html_dir.is_dir(), tail(built_book.build_log)
     assert book.external_assets(built_book.html_dir) == {}
@@ -99,6 +115,21 @@ def test_explorer_page_is_reasonably_small(built_book: BuiltBook) -> None:
 
 
 # ----------------------------------------------------------------------------- fast: the pieces
+
+
+def test_collapse_code_tags_every_code_cell_once(tmp_path: Path) -> None:
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "x"},
+                    {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "a = 1"},
+                    {"cell_type": "code", "metadata": {}, "source": "print(a)"}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps(nb))
+    book.collapse_code(path)
+    book.collapse_code(path)  # idempotent
+    cells = json.loads(path.read_text())["cells"]
+    assert "tags" not in cells[0]["metadata"]
+    assert cells[1]["metadata"]["tags"] == ["parameters", "hide-input"]
+    assert cells[2]["metadata"]["tags"] == ["hide-input"]
 
 
 def test_preset_groups_match_models() -> None:
