@@ -321,9 +321,8 @@ def render_composites(maps: HeadMaps, panel_px: int = 130, colors: int = 256) ->
     Returns:
         ``pngs[layer][head]``.
     """
-    import matplotlib
-
-    matplotlib.use("agg", force=False)
+    # An explicit Figure on its own Agg canvas: pyplot's backend is left alone (switching it to
+    # agg made every later plt.show() of the notebook, the static overview included, draw nothing).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle

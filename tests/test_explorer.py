@@ -47,6 +47,20 @@ def test_composites_are_small_distinct_pngs() -> None:
     assert len(set(flat)) == len(flat), "every (layer, head) must show its own view"
 
 
+def test_composites_leave_the_pyplot_backend_alone() -> None:
+    """The notebook's inline backend must survive, or the static overview is never drawn."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    try:
+        plt.switch_backend("svg")  # stands in for Jupyter's inline backend
+        explorer.render_composites(_maps(), panel_px=40)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        plt.switch_backend(before)
+
+
 def test_widget_is_wired_with_jslink_only() -> None:
     import ipywidgets as w
 
