@@ -109,6 +109,13 @@ def test_built_pages_load_nothing_remote(built_book: BuiltBook) -> None:
 
 
 @pytest.mark.slow
+def test_explorer_page_shows_the_static_overview(built_book: BuiltBook) -> None:
+    nb = json.loads(built_book.executed("09_head_explorer.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "summary_figure(" in "".join(c["source"]))
+    assert any("image/png" in out.get("data", {}) for out in cell["outputs"]), "no overview image"
+
+
+@pytest.mark.slow
 def test_explorer_page_is_reasonably_small(built_book: BuiltBook) -> None:
     page = built_book.html_dir / "generated" / "09_head_explorer.html"
     assert page.stat().st_size < 6_000_000, f"{page.stat().st_size / 1e6:.1f} MB"
