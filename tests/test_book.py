@@ -292,3 +292,22 @@ def test_progress_helper_outside_the_book(monkeypatch: pytest.MonkeyPatch, tmp_p
     progress.tqdm.write("a line")
     text = path.read_text()
     assert "to the file: 100%" in text and "a line\n" in text
+
+
+@pytest.mark.slow
+def test_plain_build_right_after_a_clone_stops_with_one_line(tmp_path: Path) -> None:
+    """`jupyter-book build book/` before the main job: no two-page book, one line saying what to run."""
+    import shutil
+    import subprocess
+
+    shutil.copy2(REPO / "_config.yml", tmp_path / "_config.yml")
+    shutil.copytree(REPO / "book", tmp_path / "book",
+                    ignore=shutil.ignore_patterns("generated", "_build", "_vendor", ".ipynb_checkpoints"))
+    proc = subprocess.run([*book.jupyter_book_command(), "build", "book/"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("book not built:")]
+    assert len(lines) == 1 and "Run the main job first: make book" in lines[0], out[-2000:]
+    assert "Traceback" not in out
+    assert not (tmp_path / "_build" / "html" / "intro.html").exists()
