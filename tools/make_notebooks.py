@@ -270,7 +270,7 @@ for col, what in (("phi_distance", "SmoothGrad distance initialisation → final
                   ("attention_distance", "attention distance initialisation → final")):
     display(Markdown(ex.pretraining_contrast(dict(zip(first["model"], first[col])), "self-supervised lower", what)))
 '''),
-        md('''
+        md(r'''
 **Reading the figure.** The paper's claim holds in a run if both curves of the two
 self-supervised models lie below those of the two supervised models; the sentences above test
 it on the distance of the pretrained initialisation to the final model (the largest and most
