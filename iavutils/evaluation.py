@@ -1,6 +1,6 @@
 """Evaluation of explanations: perturbation curves, localization against masks, map zoo.
 
-Protocols (DESIGN.md, "Evaluation protocols for explanations"):
+Protocols (book/methods.md, "Evaluation protocols"):
 
 - **Perturbation test** (Chefer et al., CVPR 2021): the top-k% pixels of a map (upsampled to
   the input size) are set to 0 in [0,1] pixel space, the image is re-normalised and top-1
