@@ -58,7 +58,9 @@ from .runs import (  # light (no torch): the chapters' setup cells use them befo
     finetuned_in_run,
     finetuned_models,
     finetuning_status,
+    parse_models,
     repo_root,
+    resolve_dataset,
     resolve_run_dir,
     select_models,
 )
@@ -147,46 +149,6 @@ def _presets_module() -> Any:
     from . import models
 
     return models
-
-
-def parse_models(model: str | Sequence[str]) -> list[str]:
-    """Presets named by a notebook's ``model`` parameter.
-
-    Args:
-        model: One preset, a comma-separated list, or a sequence; ``"tiny"`` (or
-            ``"embedded"``) stands for the four embedded presets and ``"real"`` for the four
-            hub presets. Duplicates are dropped, order is kept.
-
-    Returns:
-        Preset names.
-
-    Raises:
-        ValueError: An unknown preset, or nothing named.
-    """
-    m = _presets_module()
-    parts = [p.strip() for p in model.split(",")] if isinstance(model, str) else [str(p).strip() for p in model]
-    out: list[str] = []
-    for p in parts:
-        if not p:
-            continue
-        low = p.lower()
-        names = list(m.TINY_PRESETS) if low in ("tiny", "embedded") else list(m.REAL_PRESETS) if low == "real" else [p]
-        for name in names:
-            if name not in m.PRESETS:
-                raise ValueError(f"unknown preset {name!r}; choose from {sorted(m.PRESETS)} or 'tiny'/'real'")
-            if name not in out:
-                out.append(name)
-    if not out:
-        raise ValueError(f"no preset named in model={model!r}")
-    return out
-
-
-def resolve_dataset(dataset: str, presets: Sequence[str]) -> str:
-    """``"auto"`` → ``"embedded"`` when every preset is an embedded one, else ``"cifar10"``."""
-    if dataset not in ("", "auto", None):
-        return dataset
-    tiny = _presets_module().TINY_PRESETS
-    return "embedded" if all(p in tiny for p in presets) else "cifar10"
 
 
 def pretraining(preset: str) -> str:

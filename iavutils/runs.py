@@ -97,7 +97,7 @@ def resolve_run_dir(run_dir: str | os.PathLike | None = "") -> Path:
 
 
 def parse_models(model: str | Sequence[str]) -> list[str]:
-    """Presets named by a notebook's ``model`` parameter (as :func:`iavutils.experiments.parse_models`).
+    """Presets named by a notebook's ``model`` parameter (re-exported by :mod:`iavutils.experiments`).
 
     Args:
         model: One preset, a comma-separated list, or a sequence; ``"tiny"`` (or
