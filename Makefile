@@ -27,27 +27,27 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not browser"
 
 notebooks: $(STAMP)
-	$(BIN)/python -m iavutils.book run --presets $(PRESETS)
+	$(BIN)/python -m iavutils.publish.book run --presets $(PRESETS)
 
 book: $(STAMP)
-	$(BIN)/python -m iavutils.book all --presets $(PRESETS)
+	$(BIN)/python -m iavutils.publish.book all --presets $(PRESETS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_iav.py
 
 pretrain: $(STAMP)
-	$(BIN)/python -m iavutils.pretrain --all
+	$(BIN)/python -m iavutils.world.pretrain --all
 
 # JupyterLab on the .venv kernel, serving the repository, offline; it prints its URL.
 # Options go to `jupyter lab`: `make lab LAB_ARGS="--no-browser --port 8890"`.
 lab: $(STAMP)
-	$(BIN)/python -m iavutils.lab $(LAB_ARGS)
+	$(BIN)/python -m iavutils.publish.lab $(LAB_ARGS)
 
 # Every chapter with the hub presets, offline, at smoke scale: a generated hub cache (random
 # weights, real files and shapes) and CIFAR-10 in its official format, in a temporary folder.
 # Default: the four real presets; `make rehearse PRESETS=beit,deit` for a subset.
 rehearse: $(STAMP)
-	$(BIN)/python -m iavutils.rehearsal --presets $(if $(filter command line environment,$(origin PRESETS)),$(PRESETS),real)
+	$(BIN)/python -m iavutils.publish.rehearsal --presets $(if $(filter command line environment,$(origin PRESETS)),$(PRESETS),real)
 
 clean:
 	rm -rf _build book/_build book/generated runs

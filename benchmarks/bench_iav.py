@@ -2,7 +2,7 @@
 
 Rows:
 
-* **ours** — ``iavutils.engine.iav_fast`` at its best settings for the device (CPU: fp32, eager,
+* **ours** — ``iavutils.core.engine.iav_fast`` at its best settings for the device (CPU: fp32, eager,
   automatic chunk; GPU: bf16 autocast + ``torch.compile``, with the bf16 deviation printed).
 * **baseline** — what a user writes from the anchors: timm ``AttentionExtract`` (fx, fused
   attention switched off) for the maps, one plain forward for the predicted class, captum
@@ -48,11 +48,11 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iavutils import engine  # noqa: E402
-from iavutils.attribution import noise_seeds, patch_pool  # noqa: E402
-from iavutils.hooks import model_geometry  # noqa: E402
-from iavutils.scores import ia_score  # noqa: E402
-from iavutils.store import atomic_write  # noqa: E402
+from iavutils.core import engine  # noqa: E402
+from iavutils.core.attribution import noise_seeds, patch_pool  # noqa: E402
+from iavutils.core.hooks import model_geometry  # noqa: E402
+from iavutils.core.scores import ia_score  # noqa: E402
+from iavutils.world.store import atomic_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -68,7 +68,7 @@ def build(model_name: str, device: torch.device) -> tuple[nn.Module, str]:
 
         m = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=1000)
         return m.eval().to(device), "timm vit_base_patch16_224, random weights, 224x224"
-    from iavutils.models import PRESETS, load_model
+    from iavutils.world.models import PRESETS, load_model
 
     if model_name not in PRESETS:
         raise SystemExit(f"unknown --model {model_name!r}: vit-b16 or one of {sorted(PRESETS)}")

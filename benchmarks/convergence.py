@@ -35,18 +35,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iavutils import engine  # noqa: E402
-from iavutils.attribution import noise_seeds  # noqa: E402
-from iavutils.scores import ia_score  # noqa: E402
-from iavutils.store import atomic_write  # noqa: E402
+from iavutils.core import engine  # noqa: E402
+from iavutils.core.attribution import noise_seeds  # noqa: E402
+from iavutils.core.scores import ia_score  # noqa: E402
+from iavutils.world.store import atomic_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def load(model_name: str, count: int, split: str) -> tuple[torch.nn.Module, torch.Tensor, str]:
     """Tiny preset (shipped weights if present) and the first ``count`` embedded images."""
-    from iavutils.data import get_dataset
-    from iavutils.models import load_model
+    from iavutils.world.data import get_dataset
+    from iavutils.world.models import load_model
 
     # keep the preset's own head where it has one (supervised presets: meaningful predicted
     # classes); a headless preset gets a seeded random 10-class head, said so in the note

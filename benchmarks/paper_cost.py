@@ -31,14 +31,14 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from iavutils import evaluation as ev  # noqa: E402
-from iavutils import experiments as ex  # noqa: E402
-from iavutils.models import REAL_PRESETS, build_model  # noqa: E402
-from iavutils.store import atomic_write_json  # noqa: E402
-from iavutils.training import RECIPES  # noqa: E402
+from iavutils.analysis import evaluation as ev  # noqa: E402
+from iavutils.analysis import experiments as ex  # noqa: E402
+from iavutils.world.models import REAL_PRESETS, build_model  # noqa: E402
+from iavutils.world.store import atomic_write_json  # noqa: E402
+from iavutils.world.training import RECIPES  # noqa: E402
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
-GROUP_MAX_SUBSETS = 20  # iavutils.ablation.group_ablation's default
+GROUP_MAX_SUBSETS = 20  # iavutils.analysis.ablation.group_ablation's default
 
 
 def notebook_defaults(stem: str) -> dict:

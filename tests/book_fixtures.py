@@ -1,8 +1,8 @@
 """The book built once per test session, shared by test_book.py and test_browser.py.
 
-``python -m iavutils.book run --small`` executes every notebook into a temporary copy of the
+``python -m iavutils.publish.book run --small`` executes every notebook into a temporary copy of the
 book (temporary book dir and run dir: the real ``book/`` and ``runs/`` are never written), then
-``python -m iavutils.book build`` builds that copy with ``-W --keep-going``.
+``python -m iavutils.publish.book build`` builds that copy with ``-W --keep-going``.
 
 tests/conftest.py belongs to the core suite, so this module is not a registered plugin: the test
 modules import the fixture by name. pytest then registers one fixture per importing module, so
@@ -80,11 +80,11 @@ def build_once(base: Path) -> BuiltBook:
     book_dir = _copy_book_sources(root)
     run_dir = root / "runs"
     t0 = time.perf_counter()
-    run_rc, run_log = _run([sys.executable, "-m", "iavutils.book", "run", "--small", "--presets", PRESETS,
+    run_rc, run_log = _run([sys.executable, "-m", "iavutils.publish.book", "run", "--small", "--presets", PRESETS,
                             "--book-dir", str(book_dir), "--run-dir", str(run_dir), "--no-progress"],
                            RUN_TIMEOUT_S)
     run_seconds = time.perf_counter() - t0
-    build_rc, build_log = _run([sys.executable, "-m", "iavutils.book", "build", "--book-dir", str(book_dir)],
+    build_rc, build_log = _run([sys.executable, "-m", "iavutils.publish.book", "build", "--book-dir", str(book_dir)],
                                900)
     built = BuiltBook(root=root, book_dir=book_dir, run_dir=run_dir, html_dir=root / "_build" / "html",
                       run_rc=run_rc, run_log=run_log, run_seconds=run_seconds,

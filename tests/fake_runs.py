@@ -1,5 +1,5 @@
 """A finetuning run on disk without finetuning: random-weight checkpoints in the layout of
-iavutils.training, so the cached book entry points can be tested in seconds."""
+iavutils.world.training, so the cached book entry points can be tested in seconds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from iavutils.models import build_model
+from iavutils.world.models import build_model
 
 
 def write_fake_run(root: Path, preset: str, num_classes: int = 10, seed: int = 0) -> torch.nn.Module:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from iavutils import ablation as ab
+from iavutils.analysis import ablation as ab
 
 
 def _vit(seed: int = 0) -> VisionTransformer:

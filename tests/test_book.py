@@ -1,6 +1,6 @@
 """The main job end to end: every notebook under papermill, the book build, offline pages.
 
-The slow tests share one ``python -m iavutils.book run --small`` + ``build`` in a temporary
+The slow tests share one ``python -m iavutils.publish.book run --small`` + ``build`` in a temporary
 directory (tests/book_fixtures.py); the fast ones check the CLI's pieces on their own.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from book_fixtures import NOTEBOOKS, REPO, BuiltBook, built_book, tail  # noqa: F401 (fixture)
 
-from iavutils import book
+from iavutils.publish import book
 
 
 def _outputs_with_errors(nb: dict) -> list[str]:
@@ -140,7 +140,7 @@ def test_collapse_code_tags_every_code_cell_once(tmp_path: Path) -> None:
 
 
 def test_preset_groups_match_models() -> None:
-    from iavutils import models
+    from iavutils.world import models
 
     assert book.PRESET_GROUPS["tiny"] == tuple(models.TINY_PRESETS)
     assert book.PRESET_GROUPS["real"] == tuple(models.REAL_PRESETS) == ("beit", "dino", "deit", "in21k")
@@ -250,7 +250,7 @@ def test_run_prints_heartbeats_and_keeps_progress_out_of_the_pages(
     nb.parent.mkdir()
     nb.write_text(json.dumps(_notebook([
         "seconds = 1.0  # how long each step sleeps",
-        "import time\nfrom iavutils.progress import progress_bar, tqdm, write\n"
+        "import time\nfrom iavutils.core.progress import progress_bar, tqdm, write\n"
         "for _ in progress_bar(range(3), desc='fake work', leave=False):\n    time.sleep(seconds)\n"
         "write('fake log line')\nfor _ in tqdm(range(2), desc='second bar'):\n    time.sleep(seconds)\n"
         "print('cell output')",
@@ -277,7 +277,7 @@ def test_run_prints_heartbeats_and_keeps_progress_out_of_the_pages(
 
 
 def test_progress_helper_outside_the_book(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from iavutils import progress
+    from iavutils.core import progress
 
     monkeypatch.delenv("IAV_PROGRESS_FILE", raising=False)
     monkeypatch.setenv("TQDM_DISABLE", "1")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from iavutils import data
-from iavutils.data import CIFAR10_CLASSES, DatasetFormatError, DatasetNotFoundError, get_dataset
+from iavutils.world import data
+from iavutils.world.data import CIFAR10_CLASSES, DatasetFormatError, DatasetNotFoundError, get_dataset
 
 FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 

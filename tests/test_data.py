@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from iavutils import data
-from iavutils.data import EMBEDDED_CLASSES, DatasetNotFoundError, get_dataset
-from iavutils.models import PRESETS
+from iavutils.world import data
+from iavutils.world.data import EMBEDDED_CLASSES, DatasetNotFoundError, get_dataset
+from iavutils.world.models import PRESETS
 
 
 def test_embedded_is_deterministic_and_well_formed():

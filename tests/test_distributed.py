@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iavutils import distributed as D
-from iavutils.engine import iav_dataset
+from iavutils.analysis import distributed as D
+from iavutils.core.engine import iav_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_torchrun_two_gloo_ranks_equal_single_process(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "iavutils.distributed", *args, "--out", str(tmp_path / "two.safetensors"),
+        "-m", "iavutils.analysis.distributed", *args, "--out", str(tmp_path / "two.safetensors"),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

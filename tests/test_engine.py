@@ -9,9 +9,9 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 import iavutils as iu
-from iavutils import engine as E
-from iavutils.attribution import noise_seeds, patch_pool, smoothgrad
-from iavutils.scores import cls_attention, ia_score
+from iavutils.core import engine as E
+from iavutils.core.attribution import noise_seeds, patch_pool, smoothgrad
+from iavutils.core.scores import cls_attention, ia_score
 
 SMALL = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=5)
 

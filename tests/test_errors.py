@@ -16,9 +16,10 @@ from conftest import make_model
 from safetensors.torch import save_file
 
 import iavutils as iu
-from iavutils import engine, models, training
-from iavutils.models import PRESETS, WeightsNotAvailableError, load_model
-from iavutils.store import ResultStore
+from iavutils.core import engine, hooks
+from iavutils.world import models, training
+from iavutils.world.models import PRESETS, WeightsNotAvailableError, load_model
+from iavutils.world.store import ResultStore
 
 # ---- hub weights offline ------------------------------------------------------------------------
 
@@ -237,7 +238,7 @@ def test_half_input_into_float_model(vit, images, method):
 def test_input_on_another_device(vit, images):
     meta = images.to("meta")
     with pytest.raises(ValueError, match="the input is on meta but the model is on cpu") as err:
-        iu.hooks.check_dtype_device(vit, meta)
+        hooks.check_dtype_device(vit, meta)
     assert "x = x.to(device='cpu'" in str(err.value)
 
 

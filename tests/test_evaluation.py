@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from iavutils import evaluation as ev
+from iavutils.analysis import evaluation as ev
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)

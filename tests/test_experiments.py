@@ -1,7 +1,7 @@
-"""Tests of the notebooks' computations (iavutils.experiments) and figures (iavutils.plots).
+"""Tests of the notebooks' computations (iavutils.analysis.experiments) and figures (iavutils.publish.plots).
 
 A fake run directory holds random-weight tiny presets (no shipped weights needed) with three
-"epoch" checkpoints each, in the layout of iavutils.training; the image set is tiny.
+"epoch" checkpoints each, in the layout of iavutils.world.training; the image set is tiny.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from iavutils import experiments as ex
-from iavutils import plots
-from iavutils.models import build_model
+from iavutils.analysis import experiments as ex
+from iavutils.publish import plots
+from iavutils.world.models import build_model
 
 PRESETS = ("tiny-dino", "tiny-sup")
 EPOCHS = 3  # checkpoints epoch_000 .. epoch_002
@@ -68,7 +68,7 @@ def test_resolve_run_dir_from_another_cwd(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("IAV_RUN_DIR", raising=False)
     repo = ex.repo_root()
     assert repo is not None and (repo / "iavutils").is_dir()
-    code = "from iavutils.experiments import resolve_run_dir; print(resolve_run_dir(''))"
+    code = "from iavutils.analysis.experiments import resolve_run_dir; print(resolve_run_dir(''))"
     env = {k: v for k, v in os.environ.items() if k != "IAV_RUN_DIR"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert Path(out.stdout.strip()) == repo / "runs"

@@ -8,7 +8,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import iavutils as iu
-from iavutils import explorer
+from iavutils.publish import explorer
 
 
 def _maps(L: int = 3, H: int = 2, size: int = 32, grid: int = 4, preset: str = "m") -> explorer.HeadMaps:

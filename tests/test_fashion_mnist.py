@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from iavutils import fashion_mnist as fm
-from iavutils.data import get_dataset
-from iavutils.models import PRESETS
+from iavutils.world import fashion_mnist as fm
+from iavutils.world.data import get_dataset
+from iavutils.world.models import PRESETS
 
 
 def _idx(kind: str, data: np.ndarray) -> bytes:

@@ -9,7 +9,7 @@ from timm.models.beit import Beit
 from timm.utils import AttentionExtract
 
 import iavutils as iu
-from iavutils.hooks import UnsupportedModelError
+from iavutils.core.hooks import UnsupportedModelError
 
 
 def _block_inputs(model, x):

@@ -1,6 +1,6 @@
 """The head explorer in JupyterLab, in a real browser (Debian chromium driven by playwright).
 
-``make lab``'s own command line (:func:`iavutils.lab.lab_command`) serves a temporary copy of
+``make lab``'s own command line (:func:`iavutils.publish.lab.lab_command`) serves a temporary copy of
 ``notebooks/09_head_explorer.ipynb`` on 127.0.0.1, with a token, a temporary run directory (a
 random-weight "finetuned" checkpoint, tests/fake_runs.py) and temporary Jupyter config,
 runtime, settings and workspace directories: the repository, ``runs/`` and ``~/.jupyter`` are
@@ -33,8 +33,8 @@ from urllib.parse import urlparse
 import pytest
 from test_browser import _DIGESTS_JS, CHROMIUM, LAUNCH_ARGS, _press, _require_browser
 
-from iavutils import lab as lab_module
-from iavutils.lab import lab_command, lab_env
+from iavutils.publish import lab as lab_module
+from iavutils.publish.lab import lab_command, lab_env
 
 REPO = Path(__file__).resolve().parents[1]
 EXPLORER = REPO / "notebooks" / "09_head_explorer.ipynb"

@@ -1,6 +1,6 @@
 """A dataset without object masks (CIFAR-10) reaches every chapter's computation.
 
-CIFAR-10 in its official format (written by :func:`iavutils.rehearsal.write_cifar10`) and two
+CIFAR-10 in its official format (written by :func:`iavutils.publish.rehearsal.write_cifar10`) and two
 tiny presets (timm ``Beit`` and ``VisionTransformer``; CIFAR's 32×32 is their input size), each
 finetuned for one epoch; then the functions every chapter 01–11 calls, with small parameters.
 What needs masks (localization, the AAV with the mask) is skipped with a stated reason; the
@@ -14,12 +14,12 @@ import math
 import pytest
 import torch
 
-from iavutils import ablation as ab
-from iavutils import evaluation as ev
-from iavutils import experiments as ex
-from iavutils import separability as sp
-from iavutils.explorer import build_explorer, summary_figure, top_heads
-from iavutils.rehearsal import write_cifar10
+from iavutils.analysis import ablation as ab
+from iavutils.analysis import evaluation as ev
+from iavutils.analysis import experiments as ex
+from iavutils.analysis import separability as sp
+from iavutils.publish.explorer import build_explorer, summary_figure, top_heads
+from iavutils.publish.rehearsal import write_cifar10
 
 PRESETS = ["tiny-mim", "tiny-sup"]
 SMALL = dict(num_images=4, n_samples=2, noise_level=0.15, seed=0, target="label", device="cpu", progress=False)
@@ -41,7 +41,7 @@ def cifar_run(tmp_path_factory):
 
 
 def test_load_images_without_masks(cifar_run):
-    from iavutils.models import PRESETS as INFO
+    from iavutils.world.models import PRESETS as INFO
 
     data = ex.load_images("cifar10", INFO["tiny-sup"], 4, seed=0)
     assert set(data) == {"x", "y", "indices"}

@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 from timm.models.beit import Beit
 from timm.models.vision_transformer import VisionTransformer
 
-from iavutils import models
-from iavutils.rehearsal import timm_beit_to_hf
-from iavutils.models import (
+from iavutils.world import models
+from iavutils.publish.rehearsal import timm_beit_to_hf
+from iavutils.world.models import (
     PRESETS,
     REAL_PRESETS,
     TINY_PRESETS,
@@ -63,7 +63,7 @@ def test_num_classes_none_keeps_shipped_head_or_features():
 
 def test_missing_tiny_weights_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path)
-    with pytest.raises(WeightsNotAvailableError, match="iavutils.pretrain"):
+    with pytest.raises(WeightsNotAvailableError, match="iavutils.world.pretrain"):
         load_model("tiny-dino", 10)
 
 
@@ -191,7 +191,7 @@ def test_beit_conversion_rejects_unknown_keys():
 def test_offline_without_cache_names_the_hub_id(tmp_path):
     # A fresh process with an empty cache and the hub switched offline: no network is touched.
     code = (
-        "import iavutils.models as m\n"
+        "import iavutils.world.models as m\n"
         "for p in ('beit', 'dino'):\n"
         "    try:\n"
         "        m.load_model(p, 10)\n"
@@ -215,7 +215,7 @@ def test_pretraining_recipe_runs_and_writes_loadable_weights(preset, tmp_path, m
     import dataclasses
     import json
 
-    from iavutils import pretrain
+    from iavutils.world import pretrain
 
     recipe = dataclasses.replace(pretrain.RECIPES[preset], steps=2, batch_size=8, warmup_steps=1)
     record = pretrain.pretrain(preset, tmp_path, recipe=recipe, progress=False, probe_sizes=(40, 20))

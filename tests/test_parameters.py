@@ -1,4 +1,4 @@
-"""The one validator of notebook parameters (iavutils.parameters): each rejected value names the
+"""The one validator of notebook parameters (iavutils.analysis.parameters): each rejected value names the
 parameter, the value and what is accepted; every parameter a notebook declares is in its table;
 every notebook checks its parameters first; every notebook's defaults pass."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from iavutils import book
-from iavutils.parameters import PARAMETERS, ParameterError, check_parameter, check_parameters
+from iavutils.publish import book
+from iavutils.analysis.parameters import PARAMETERS, ParameterError, check_parameter, check_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -101,7 +101,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_unknown_name_is_refused() -> None:
-    with pytest.raises(ParameterError, match="'foo' is not known to iavutils.parameters.PARAMETERS"):
+    with pytest.raises(ParameterError, match="'foo' is not known to iavutils.analysis.parameters.PARAMETERS"):
         check_parameters({"foo": 1}, names=["foo"])
 
 
@@ -116,7 +116,7 @@ def test_run_dir_that_is_a_file(tmp_path: Path) -> None:
 def test_every_declared_parameter_is_known(notebook: Path) -> None:
     declared, unreadable = book.parameter_names(notebook)
     unknown = sorted(declared - set(PARAMETERS))
-    assert not unknown, f"{notebook.name} declares {unknown}: add them to iavutils.parameters.PARAMETERS"
+    assert not unknown, f"{notebook.name} declares {unknown}: add them to iavutils.analysis.parameters.PARAMETERS"
     # A line papermill's parser cannot read (e.g. "a = b" inside a comment) is a parameter that
     # papermill --help-notebook does not list and the book runner warns about.
     assert not unreadable, f"{notebook.name}: papermill cannot parse the lines of {sorted(unreadable)}"

@@ -4,8 +4,8 @@ import dataclasses
 
 import torch
 
-from iavutils import pretrain
-from iavutils.models import build_model
+from iavutils.world import pretrain
+from iavutils.world.models import build_model
 
 
 def test_vit_features_matches_timm_at_full_size_and_takes_local_crops():

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from iavutils import rehearsal
-from iavutils.data import CIFAR10_CLASSES, get_dataset
-from iavutils.models import PRESETS, REAL_PRESETS
+from iavutils.publish import rehearsal
+from iavutils.world.data import CIFAR10_CLASSES, get_dataset
+from iavutils.world.models import PRESETS, REAL_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
@@ -108,7 +108,7 @@ def test_hub_cache_loads_offline_through_load_model(tmp_path):
     # A fresh process, hub offline: the presets load through timm's / our own hub code paths.
     code = (
         "import torch\n"
-        "from iavutils.models import load_model\n"
+        "from iavutils.world.models import load_model\n"
         "for p in ('beit', 'dino', 'deit', 'in21k'):\n"
         "    m, info = load_model(p, num_classes=10)\n"
         "    out = m(torch.zeros(1, 3, 224, 224))\n"
@@ -151,7 +151,7 @@ def test_rehearsal_beit_deit_runs_every_notebook_and_builds_the_book(tmp_path):
     work = tmp_path / "rehearsal"
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "iavutils.rehearsal", "--presets", "beit,deit",
+        proc = subprocess.run([sys.executable, "-m", "iavutils.publish.rehearsal", "--presets", "beit,deit",
                                "--workdir", str(work)], cwd=REPO, capture_output=True, text=True, timeout=5400)
     finally:
         # ~4 GB of ViT-B/16 checkpoints and hub files: not worth keeping in pytest's temp folders

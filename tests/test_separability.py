@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from iavutils import separability as sep
+from iavutils.analysis import separability as sep
 
 
 def _trends(n_models: int = 8, epochs: int = 4, separable: bool = True, seed: int = 0):
@@ -104,7 +104,7 @@ def _fake_run(root, presets, epochs=3):
 
     from safetensors.torch import save_file
 
-    from iavutils.models import build_model
+    from iavutils.world.models import build_model
 
     for k, preset in enumerate(presets):
         run = root / "embedded" / preset
@@ -125,7 +125,7 @@ def _fake_run(root, presets, epochs=3):
 
 
 def test_checkpoint_trends_and_report_on_a_run(tmp_path):
-    from iavutils import experiments as ex
+    from iavutils.analysis import experiments as ex
 
     presets = ["tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k"]
     run = _fake_run(tmp_path, presets)

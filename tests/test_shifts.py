@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from iavutils.shifts import blur_sigma, gaussian_blur, jigsaw
+from iavutils.world.shifts import blur_sigma, gaussian_blur, jigsaw
 
 
 def _tiles(x, g):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from iavutils.store import ResultStore, atomic_write, stable_hash
+from iavutils.world.store import ResultStore, atomic_write, stable_hash
 
 
 def test_atomic_write_bytes_str_and_writer(tmp_path):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iavutils import training
-from iavutils.models import load_model
-from iavutils.training import RECIPES, finetune, list_checkpoints, load_checkpoint
+from iavutils.world import training
+from iavutils.world.models import load_model
+from iavutils.world.training import RECIPES, finetune, list_checkpoints, load_checkpoint
 
 CFG = RECIPES["tiny"].replace(epochs=3, batch_size=32, max_val=64, eval_batch_size=64, warmup_epochs=0.5)
 MAX_TRAIN = 96
@@ -116,7 +116,7 @@ def test_resume_after_sigkill(reference, tmp_path):
     code = (
         "import sys, torch\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
-        "from iavutils.training import finetune, RECIPES\n"
+        "from iavutils.world.training import finetune, RECIPES\n"
         f"cfg = RECIPES['tiny'].replace(epochs=3, batch_size=32, max_val=64, eval_batch_size=64, warmup_epochs=0.5)\n"
         f"finetune('tiny-sup', run_dir=sys.argv[1], config=cfg, device='cpu', progress=False, max_train={MAX_TRAIN})\n"
     )

@@ -1,4 +1,4 @@
-"""Using a chapter the way the README says: missing finetuning (iavutils.experiments.finetuned_models)
+"""Using a chapter the way the README says: missing finetuning (iavutils.analysis.experiments.finetuned_models)
 and which models the figures show.
 
 Every analysis chapter calls ``finetuned_models`` in its setup cell: a model without a complete
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fake_runs import write_fake_run
 
-from iavutils import experiments as ex
+from iavutils.analysis import experiments as ex
 
 REPO = Path(__file__).resolve().parents[1]
 # The issue's bar for `papermill notebooks/05_global_iav.ipynb out.ipynb -p model beit` offline.
@@ -159,8 +159,8 @@ def test_the_setup_cells_first_step_imports_no_torch(tmp_path: Path) -> None:
     """What a setup cell runs before its heavy imports must not import torch or timm (fail fast)."""
     code = f"""
 import sys
-from iavutils.parameters import check_parameters
-from iavutils.runs import FinetuningRequired, finetuned_models
+from iavutils.analysis.parameters import check_parameters
+from iavutils.analysis.runs import FinetuningRequired, finetuned_models
 check_parameters(dict(model="beit", run_dir="", dataset="auto", num_images=64, n_samples=25, noise_level=0.15,
                       device="auto", seed=0, finetune="auto", target="label", epoch_stride=2, example=0,
                       aav_reference="auto", recipe=""))
@@ -176,7 +176,8 @@ print("heavy:", heavy)
 
 
 def test_literal_tables_agree_with_the_library() -> None:
-    from iavutils import data, models, runs, training
+    from iavutils.world import data, models, training
+    from iavutils.analysis import runs
 
     assert runs.PRESET_NAMES == tuple(models.PRESETS)
     assert runs.TINY_PRESETS == tuple(models.TINY_PRESETS) and runs.REAL_PRESETS == tuple(models.REAL_PRESETS)

@@ -1,8 +1,8 @@
 """Writes notebooks 00–07 (one per IAV paper section) with nbformat, outputs stripped.
 
 Run from anywhere: ``python tools/make_notebooks.py``. Each notebook is a title cell, a
-``parameters`` cell (papermill), a setup cell, calls into ``iavutils.experiments`` and
-``iavutils.plots``, and prose. The prose says what the paper claims and what to look for; the
+``parameters`` cell (papermill), a setup cell, calls into ``iavutils.analysis.experiments`` and
+``iavutils.publish.plots``, and prose. The prose says what the paper claims and what to look for; the
 numbers it refers to are printed by the cells above it, so the text stays honest for any run.
 """
 
@@ -32,11 +32,11 @@ FINETUNE_PARAMETER = '''
 finetune = "auto"  # missing finetuning: auto finetunes tiny presets here and stops for hub presets with the command to run; True finetunes here; False stops'''
 
 # The parameters are checked and the finetuning looked up before the heavy imports (torch, timm,
-# plotting): iavutils.parameters and iavutils.runs import none of them, so that a bad -p value or a
+# plotting): iavutils.analysis.parameters and iavutils.analysis.runs import none of them, so that a bad -p value or a
 # missing finetuning fails within seconds, with a message saying what to do.
 SETUP = '''\
-from iavutils.parameters import check_parameters
-from iavutils.runs import {runs_import}
+from iavutils.analysis.parameters import check_parameters
+from iavutils.analysis.runs import {runs_import}
 
 check_parameters(globals())  # every parameter above: a bad value stops here, naming what is accepted
 {select}
@@ -45,8 +45,8 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from iavutils import experiments as ex
-from iavutils import plots
+from iavutils.analysis import experiments as ex
+from iavutils.publish import plots
 
 plots.setup()
 {common}print(f"run directory: {{run}}\\ndataset: {{dataset}}\\nmodels: {{', '.join(models)}}")'''

@@ -207,7 +207,7 @@ def smoothgrad(
 
     Raises:
         TypeError: ``target`` is a float, bool, string or floating-point tensor
-            (:func:`~iavutils.attribution.check_target`).
+            (:func:`~iavutils.core.attribution.check_target`).
         ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
         RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
@@ -266,7 +266,7 @@ def gradcam(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> 
 
     Raises:
         TypeError: ``target`` is a float, bool, string or floating-point tensor
-            (:func:`~iavutils.attribution.check_target`).
+            (:func:`~iavutils.core.attribution.check_target`).
         ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
         RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """

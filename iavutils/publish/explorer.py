@@ -192,10 +192,10 @@ def load_head_maps(
     Raises:
         FileNotFoundError: the preset has no checkpoint in the run directory.
     """
-    from . import experiments as ex
-    from .data import get_dataset
-    from .store import ResultStore
-    from .training import list_checkpoints, load_checkpoint
+    from ..analysis import experiments as ex
+    from ..world.data import get_dataset
+    from ..world.store import ResultStore
+    from ..world.training import list_checkpoints, load_checkpoint
 
     if target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
@@ -567,7 +567,7 @@ def build_explorer(
     Args:
         model: a preset or comma-separated presets (``"tiny"``/``"real"`` expand).
         run_dir: the run directory (``""``: the default, see
-            :func:`iavutils.experiments.resolve_run_dir`).
+            :func:`iavutils.analysis.experiments.resolve_run_dir`).
         dataset: ``"embedded"``, ``"cifar10"`` or ``"auto"`` (embedded for tiny presets).
         image_index: image(s) of the held-out split: an int or ``"0,5,9"``.
         n_samples: SmoothGrad samples.
@@ -583,9 +583,9 @@ def build_explorer(
     Returns:
         ``(widget, maps)``.
     """
-    from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
+    from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
-    from . import experiments as ex
+    from ..analysis import experiments as ex
 
     presets = ex.parse_models(model)
     dataset = ex.resolve_dataset(dataset, presets)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
-from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
+from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 __all__ = [
     "FEATURE_SETS",
@@ -330,7 +330,7 @@ def checkpoint_trends(
 ) -> dict[str, dict[str, Tensor]]:
     """Per preset and analysed checkpoint: global-IAV, attention entropy and accuracy.
 
-    Built from the book's cached :func:`iavutils.experiments.checkpoint_analysis` (the same
+    Built from the book's cached :func:`iavutils.analysis.experiments.checkpoint_analysis` (the same
     entries chapters 02–07 use, so nothing is recomputed when their parameters match).
 
     Args:
@@ -351,7 +351,7 @@ def checkpoint_trends(
         "accuracy" [E] (validation accuracy from the finetuning metrics, NaN if missing)}}``.
     """
     from . import experiments as ex
-    from .scores import attention_entropy, global_iav
+    from ..core.scores import attention_entropy, global_iav
 
     out: dict[str, dict[str, Tensor]] = {}
     history = ex.training_history(presets, dataset, run_dir)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m iavutils.rehearsal [--presets real|beit,deit|...] [--workdir DIR] [--keep]
+    python -m iavutils.publish.rehearsal [--presets real|beit,deit|...] [--workdir DIR] [--keep]
     make rehearse                       # the four real presets
     make rehearse PRESETS=beit,deit     # a subset
 
@@ -24,11 +24,11 @@ deterministically from a seed:
 then executes every chapter notebook for each preset at smoke scale (:data:`SMOKE_PARAMETERS`:
 one epoch on a few dozen images, 4 analysed images, 2 SmoothGrad samples) with
 ``HF_HUB_OFFLINE=1`` and ``IAV_DATA`` / ``IAV_RUN_DIR`` / ``HF_HOME`` in the temporary folder,
-through the book's own runner (:func:`iavutils.book.run_notebooks`). Presets share one run
+through the book's own runner (:func:`iavutils.publish.book.run_notebooks`). Presets share one run
 directory; with several presets a last pass runs every notebook for all of them together, as
 ``PRESETS=real make book`` does (comparison chapters, the separability test), mostly from the
 cached results of the per-preset passes. The book is built from that last pass
-(:func:`iavutils.book.build_book`) on a copy of the book sources. The exit status is non-zero
+(:func:`iavutils.publish.book.build_book`) on a copy of the book sources. The exit status is non-zero
 on the first failure, which is named (notebook, cell, error); per-notebook times are printed
 per pass.
 
@@ -112,7 +112,7 @@ CIFAR_TEST_IMAGES = 10
 def timm_beit_to_hf(state: Mapping[str, Any], shared: bool = True, seed: int = 0,
                     vocab_size: int = 8192) -> dict[str, Any]:
     """A timm ``Beit`` state dict in the naming of Microsoft's pt22k checkpoint (the inverse of
-    :func:`iavutils.models.convert_hf_beit_to_timm`, written independently of it).
+    :func:`iavutils.world.models.convert_hf_beit_to_timm`, written independently of it).
 
     ``BeitForMaskedImageModeling`` as saved in ``microsoft/beit-base-patch16-224-pt22k``: query,
     key and value as separate linears (no key bias), ``lambda_1/2`` layer scales, the encoder's
@@ -227,7 +227,7 @@ def random_state_dict(model: Any, seed: int = 0, scale: float = 0.02) -> dict[st
 
 def beit_pt22k_state_dict(seed: int = 0) -> dict[str, Any]:
     """Random weights of ``microsoft/beit-base-patch16-224-pt22k``'s shapes and keys (BEiT-B/16)."""
-    from .models import build_model
+    from ..world.models import build_model
 
     return timm_beit_to_hf(random_state_dict(build_model("beit", 0), seed), shared=True, seed=seed)
 
@@ -240,7 +240,7 @@ def timm_hub_state_dict(preset: str, seed: int = 0) -> dict[str, Any]:
     """
     import timm
 
-    from .models import PRESETS
+    from ..world.models import PRESETS
 
     name = PRESETS[preset].timm_name
     num_classes = timm.models.get_pretrained_cfg(name).num_classes or 0
@@ -295,7 +295,7 @@ def write_hub_repo(hub_cache: str | os.PathLike, repo_id: str, files: Mapping[st
 def _timm_config(preset: str) -> dict[str, Any]:
     import timm
 
-    from .models import PRESETS
+    from ..world.models import PRESETS
 
     name = PRESETS[preset].timm_name
     cfg = timm.models.get_pretrained_cfg(name).to_dict()
@@ -487,7 +487,7 @@ def write_cifar10(
     Returns:
         File name -> ``(data [N,3072] uint8, labels)``.
     """
-    from .data import CIFAR10_CLASSES
+    from ..world.data import CIFAR10_CLASSES
 
     rng = np.random.default_rng(int(seed))
     files: dict[str, bytes] = {}
@@ -648,7 +648,7 @@ def rehearse(
         workdir: Where everything goes (created; default: a new temporary folder, kept).
         seed: Seeds the weights and the images.
         parameters: Overrides of :data:`SMOKE_PARAMETERS`.
-        only: Notebooks to run (names or prefixes, as ``python -m iavutils.book run --only``).
+        only: Notebooks to run (names or prefixes, as ``python -m iavutils.publish.book run --only``).
         build: Build the book after the last preset.
         progress: papermill's per-cell progress bar.
 
@@ -725,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     from .book import expand_presets
 
-    ap = argparse.ArgumentParser(prog="python -m iavutils.rehearsal", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m iavutils.publish.rehearsal", description=__doc__.split("\n")[0])
     ap.add_argument("--presets", default="real", help="real | comma-separated presets (default: real)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="folder for the hub cache, data, runs and book (default: a new temporary one)")

@@ -1,15 +1,15 @@
-"""JupyterLab on the project's kernel, offline: ``make lab`` (= ``python -m iavutils.lab``).
+"""JupyterLab on the project's kernel, offline: ``make lab`` (= ``python -m iavutils.publish.lab``).
 
 Usage::
 
-    python -m iavutils.lab [--no-browser] [--port N] [any other `jupyter lab` option]
+    python -m iavutils.publish.lab [--no-browser] [--port N] [any other `jupyter lab` option]
 
 Lab serves the repository (``notebooks/`` open in the file browser) and runs the notebooks on
 the Python that runs this module, the project's ``.venv``: jupyter_client starts the
 ``python3`` kernel spec's ``python`` as the server's own interpreter, and the environment's
 kernel specs are preferred to the user's (``JUPYTER_PREFER_ENV_PATH``). The notebooks find the
 run directory from the repository, not the working directory
-(:func:`iavutils.experiments.resolve_run_dir`), so ``$IAV_RUN_DIR`` and ``runs/`` mean the same
+(:func:`iavutils.analysis.experiments.resolve_run_dir`), so ``$IAV_RUN_DIR`` and ``runs/`` mean the same
 here as for ``make book``.
 
 Nothing leaves the machine: no news feed (nor the prompt asking to fetch it), no update check,
@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Default settings for this project's Lab (``overrides.json``): no "get Jupyter news?" prompt.
 # A user's own settings still win over these defaults.
 SETTINGS_DIR = REPO / "tools" / "lab"

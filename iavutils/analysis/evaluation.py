@@ -29,12 +29,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
+from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
-from .attribution import gradcam, patch_pool, resolve_target, smoothgrad
-from .hooks import AttentionRecorder, check_input, eval_mode, model_geometry, record_attention
-from .rollout import attention_rollout, gmar_from_grads, gradient_rollout_from_grads
-from .scores import aav, cls_attention
+from ..core.attribution import gradcam, patch_pool, resolve_target, smoothgrad
+from ..core.hooks import AttentionRecorder, check_input, eval_mode, model_geometry, record_attention
+from ..core.rollout import attention_rollout, gmar_from_grads, gradient_rollout_from_grads
+from ..core.scores import aav, cls_attention
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -746,9 +746,9 @@ def run_explanation_eval(
 ) -> dict[str, Tensor]:
     """:func:`evaluate_explanations` of a finetuned checkpoint, cached in the run directory.
 
-    Images: the seeded validation subset of :func:`iavutils.experiments.load_images` (the same
+    Images: the seeded validation subset of :func:`iavutils.analysis.experiments.load_images` (the same
     images for every model). SmoothGrad is taken from the book's cached
-    :func:`iavutils.experiments.checkpoint_analysis` of the same images (shared with chapters
+    :func:`iavutils.analysis.experiments.checkpoint_analysis` of the same images (shared with chapters
     02–07), and every method explains the same class. The cache key holds the checkpoint's
     fingerprint, so a re-finetuned model is re-evaluated.
 
@@ -773,8 +773,8 @@ def run_explanation_eval(
         ``epoch``.
     """
     from . import experiments as ex
-    from .store import ResultStore
-    from .training import list_checkpoints, load_checkpoint
+    from ..world.store import ResultStore
+    from ..world.training import list_checkpoints, load_checkpoint
 
     run = ex.resolve_run_dir(run_dir)
     dev = ex.resolve_device(device)

@@ -1,6 +1,6 @@
 """Seaborn figures for the book, one per paper figure (IAV paper, Figs. 2–9).
 
-Every function takes the tidy frames of :mod:`iavutils.experiments` and returns a
+Every function takes the tidy frames of :mod:`iavutils.analysis.experiments` and returns a
 ``matplotlib`` figure. One colour per model, the same in every chapter (:func:`model_color`):
 self-supervised models in cool colours (MIM/BEiT blue, DINO green), supervised ones in warm
 colours (small labelled source/DeiT vermillion, large labelled source/ImageNet-21k orange); an
@@ -305,7 +305,7 @@ def entropy_boxes(df: pd.DataFrame, max_entropy: float | None = None) -> Figure:
     """Fig. 6b: per-image entropy of each head of one layer, a group of boxes per model.
 
     Args:
-        df: :func:`iavutils.experiments.last_layer_entropy` frame.
+        df: :func:`iavutils.analysis.experiments.last_layer_entropy` frame.
         max_entropy: ``log P`` (uniform attention), drawn as a dashed line.
     """
     models = _models(df)
@@ -338,7 +338,7 @@ def global_iav_heatmaps(df: pd.DataFrame, score: str = "IAV", epoch: int | None 
     """global-IAV (or AAV) ``[L,H]`` of each model at one epoch, heads sorted within a layer.
 
     Args:
-        df: :func:`iavutils.experiments.global_scores_over_epochs` frame.
+        df: :func:`iavutils.analysis.experiments.global_scores_over_epochs` frame.
         score: Which score (``"IAV"``, ``"AAV (tiny-dino)"``, ``"AAV (mask)"``).
         epoch: ``None``: each model's last analysed epoch.
         vmax: Colour scale maximum.

@@ -300,7 +300,7 @@ def check_parameters(values: Mapping[str, Any], names: Any = None) -> None:
     for name in names:
         p = PARAMETERS.get(name)
         if p is None:
-            problems.append(f"parameter {name!r} is not known to iavutils.parameters.PARAMETERS "
+            problems.append(f"parameter {name!r} is not known to iavutils.analysis.parameters.PARAMETERS "
                             "(add it to the table with its accepted values)")
             continue
         reason = p.check(values[name], values)

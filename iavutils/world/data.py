@@ -333,7 +333,7 @@ class EmbeddedDataset(Dataset):
     Args:
         name: ``"embedded"``, ``"source-small"`` or ``"source-large"``.
         split: ``"train"``, ``"val"`` or ``"test"``.
-        info: A :class:`iavutils.models.ModelInfo` (input size, mean/std); ``None``: 32×32, 0.5/0.5.
+        info: A :class:`iavutils.world.models.ModelInfo` (input size, mean/std); ``None``: 32×32, 0.5/0.5.
         seed: Base seed of the distribution.
 
     Attributes:
@@ -422,7 +422,7 @@ class CIFAR10Dataset(Dataset):
     Args:
         split: ``"train"`` or ``"test"`` (``"val"`` is accepted for ``"test"``: CIFAR-10 has no
             separate validation split and the paper validates on the test set).
-        info: A :class:`iavutils.models.ModelInfo`; ``None``: 32×32, 0.5/0.5.
+        info: A :class:`iavutils.world.models.ModelInfo`; ``None``: 32×32, 0.5/0.5.
         root: Directory holding ``cifar-10-batches-py`` (default ``$IAV_DATA`` or
             ``~/.cache/iav/data``).
         download: Download if missing; ``None``: from the environment variable ``IAV_DOWNLOAD``
@@ -660,9 +660,9 @@ def get_dataset(
 
     Args:
         name: ``"embedded"`` (target), ``"source-small"``, ``"source-large"``, ``"cifar10"`` or
-            ``"fashion-mnist"`` (real garment photos with masks, :mod:`iavutils.fashion_mnist`).
+            ``"fashion-mnist"`` (real garment photos with masks, :mod:`iavutils.world.fashion_mnist`).
         split: ``"train"``, ``"val"``, ``"test"`` (CIFAR-10: ``"train"``/``"test"``).
-        info: The model's :class:`~iavutils.models.ModelInfo`: images are resized to its input
+        info: The model's :class:`~iavutils.world.models.ModelInfo`: images are resized to its input
             size and normalised with its mean/std. ``None``: 32×32 with mean = std = 0.5.
         root: CIFAR-10 directory (ignored for embedded data).
         download: CIFAR-10 only: download if missing. ``None`` (default): from the environment

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
+from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 from .evaluation import attention_and_grads
-from .hooks import eval_mode
-from .rollout import gmar_head_weights
+from ..core.hooks import eval_mode
+from ..core.rollout import gmar_head_weights
 
 __all__ = [
     "ablate_heads",
@@ -555,7 +555,7 @@ def run_head_ablation(
     """Single-head and group ablation of a finetuned checkpoint with its IA-Scores, cached.
 
     IA-Scores (global-IAV, head types) come from the book's cached
-    :func:`iavutils.experiments.checkpoint_analysis` of ``num_images`` images (shared with the
+    :func:`iavutils.analysis.experiments.checkpoint_analysis` of ``num_images`` images (shared with the
     other chapters); the ablation runs on the first ``ablation_images`` of the same seeded
     validation order (a superset), where forwards are cheap; GMAR weights are averaged over the
     analysis images for the same target classes.
@@ -584,9 +584,9 @@ def run_head_ablation(
         the relative split ``high_rel``: global-IAV above the model's median over its heads).
     """
     from . import experiments as ex
-    from .scores import global_iav, head_types
-    from .store import ResultStore
-    from .training import list_checkpoints, load_checkpoint
+    from ..core.scores import global_iav, head_types
+    from ..world.store import ResultStore
+    from ..world.training import list_checkpoints, load_checkpoint
 
     run = ex.resolve_run_dir(run_dir)
     dev = ex.resolve_device(device)

@@ -1,6 +1,6 @@
 """Pretraining recipes of the four tiny presets (the paper's 2×2 in miniature).
 
-``python -m iavutils.pretrain --all`` (or ``--preset tiny-dino``) pretrains on the embedded
+``python -m iavutils.world.pretrain --all`` (or ``--preset tiny-dino``) pretrains on the embedded
 *source* distributions (never on the finetuning target) and writes
 ``iavutils/weights/<preset>.safetensors`` plus ``<preset>.json`` (recipe, seed, time, probe
 accuracies). Everything is seeded; each recipe takes a few minutes on a 2-core CPU.
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
+from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 from .data import get_dataset
 from .models import TINY_CONFIG, TINY_PRESETS, WEIGHTS_DIR, build_model
@@ -453,7 +453,7 @@ def pretrain(
     """Runs one preset's recipe and writes ``<preset>.safetensors`` and ``<preset>.json``.
 
     Args:
-        preset: One of :data:`iavutils.models.TINY_PRESETS`.
+        preset: One of :data:`iavutils.world.models.TINY_PRESETS`.
         out_dir: Where to write (default: the package's ``weights/``).
         recipe: Overrides :data:`RECIPES` ``[preset]`` (tests use a few steps).
         progress: Show a progress bar.
@@ -490,7 +490,7 @@ def pretrain(
         "knn_probe_target": {"pretrained": probe_pre, "random_init": probe_rand, "k": 20, "train": probe_sizes[0], "val": probe_sizes[1]},
         "stats": stats,
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()},
-        "command": f"python -m iavutils.pretrain --preset {preset}",
+        "command": f"python -m iavutils.world.pretrain --preset {preset}",
     }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out_dir / f"{preset}.safetensors", lambda p: save_file(state, p, metadata={"preset": preset, "recipe": json.dumps(asdict(r))}))
@@ -504,7 +504,7 @@ def pretrain(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m iavutils.pretrain --all | --preset NAME [--threads N]``."""
+    """Command line: ``python -m iavutils.world.pretrain --all | --preset NAME [--threads N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="all four tiny presets, one after another")

@@ -4,7 +4,7 @@ Every progress bar of :mod:`iavutils` goes through :func:`progress_bar` (and its
 :func:`tqdm`, which keeps tqdm's call signature and ``tqdm.write``), so that one switch decides
 where progress goes:
 
-* ``IAV_PROGRESS_FILE=<path>`` set (the book runner, :mod:`iavutils.book`, sets it for each
+* ``IAV_PROGRESS_FILE=<path>`` set (the book runner, :mod:`iavutils.publish.book`, sets it for each
   kernel it starts): bars and :func:`write` messages are appended as plain text to that file,
   throttled to one update per :data:`FILE_MININTERVAL_S`; the runner relays them to its
   terminal and builds its heartbeat lines from them. Nothing reaches the notebook, so nothing
@@ -93,7 +93,7 @@ def write(message: str) -> None:
 
 
 def tqdm(iterable: Any = None, *args: Any, **kwargs: Any) -> Any:
-    """Drop-in for ``tqdm.auto.tqdm`` (``from iavutils.progress import tqdm``); see :func:`progress_bar`."""
+    """Drop-in for ``tqdm.auto.tqdm`` (``from iavutils.core.progress import tqdm``); see :func:`progress_bar`."""
     return progress_bar(iterable, *args, **kwargs)
 
 

@@ -2,14 +2,14 @@
 
 Usage::
 
-    python -m iavutils.book run   [--presets tiny|real|a,b] [--small] [--only NB ...]
-    python -m iavutils.book build [--book-dir DIR]
-    python -m iavutils.book all   [--presets ...]          # run, then build
+    python -m iavutils.publish.book run   [--presets tiny|real|a,b] [--small] [--only NB ...]
+    python -m iavutils.publish.book build [--book-dir DIR]
+    python -m iavutils.publish.book all   [--presets ...]          # run, then build
 
 ``run`` executes ``notebooks/*.ipynb`` in name order (``00_finetune`` first: the later
 notebooks read its checkpoints) into ``<book-dir>/generated/<name>.ipynb``, passing each
 notebook only the parameters it declares in its ``parameters`` cell. While a notebook runs, the
-library's progress (:mod:`iavutils.progress`) is relayed to this terminal instead of the pages,
+library's progress (:mod:`iavutils.core.progress`) is relayed to this terminal instead of the pages,
 and a heartbeat line (notebook, running cell, latest progress, elapsed time) is printed every
 :data:`HEARTBEAT_S` seconds. ``build`` vendors the
 pinned JavaScript the site serves itself (``npm ci`` in ``tools/book-assets``), checks that
@@ -37,14 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
 BOOK_DIR = REPO / "book"
 RUN_DIR = REPO / "runs"
 ASSETS_DIR = REPO / "tools" / "book-assets"
 
-# Kept literal (not imported from iavutils.models) so that `build` and the CLI work without
-# importing torch; tests/test_book.py checks they agree with iavutils.models.
+# Kept literal (not imported from iavutils.world.models) so that `build` and the CLI work without
+# importing torch; tests/test_book.py checks they agree with iavutils.world.models.
 PRESET_GROUPS: dict[str, tuple[str, ...]] = {
     "tiny": ("tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k"),
     "real": ("beit", "dino", "deit", "in21k"),
@@ -60,7 +60,7 @@ TINY_BUDGET_S = 15 * 60
 # library reports, elapsed time): a silent terminal for minutes looks like a hang.
 HEARTBEAT_S = 25.0
 
-# Must equal iavutils.progress.ENV_FILE (kept literal: the runner does not import torch).
+# Must equal iavutils.core.progress.ENV_FILE (kept literal: the runner does not import torch).
 PROGRESS_ENV = "IAV_PROGRESS_FILE"
 
 SMALL_PARAMETERS: dict[str, Any] = {
@@ -264,7 +264,7 @@ def slowest_cells(nb_path: Path, k: int = 3) -> list[tuple[int, float, str]]:
 
 
 class _ProgressRelay:
-    """Reads the progress file a kernel appends to (see :mod:`iavutils.progress`).
+    """Reads the progress file a kernel appends to (see :mod:`iavutils.core.progress`).
 
     Complete lines (``tqdm.write`` messages, bars that stay) are relayed; the text after the
     last carriage return of the unfinished line is a bar's current state, kept as ``status``.
@@ -412,7 +412,7 @@ def _run_notebooks(notebooks: Sequence[Path], parameters: dict[str, Any], book_d
     out_dir = Path(book_dir) / "generated"
     out_dir.mkdir(parents=True, exist_ok=True)
     # Progress bars inside the notebooks would land in the published pages as noise. The
-    # library's bars go to a progress file instead (iavutils.progress, IAV_PROGRESS_FILE, set per
+    # library's bars go to a progress file instead (iavutils.core.progress, IAV_PROGRESS_FILE, set per
     # notebook below), which a heartbeat thread relays to this terminal; any other library's
     # tqdm bar is switched off. The kernels inherit this process's environment.
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -533,7 +533,7 @@ def _print_summary(results: Sequence[NotebookResult], total: float, budget_s: fl
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from iavutils.store import atomic_write  # imports torch: only when a run has finished
+    from iavutils.world.store import atomic_write  # imports torch: only when a run has finished
 
     atomic_write(path, text)
 
@@ -673,7 +673,7 @@ def check_executed(book_dir: Path) -> list[str]:
             continue
         nb_path = base.with_suffix(".ipynb")
         if not nb_path.exists():
-            problems.append(f"{page}: no executed notebook (run `python -m iavutils.book run`)")
+            problems.append(f"{page}: no executed notebook (run `python -m iavutils.publish.book run`)")
             continue
         nb = json.loads(nb_path.read_text())
         pm = nb.get("metadata", {}).get("papermill")
@@ -822,7 +822,7 @@ def _parse_value(raw: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m iavutils.book", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m iavutils.publish.book", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=("run", "build", "all"))
     ap.add_argument("--presets", default="tiny",
                     help="tiny | real | comma-separated presets (default: tiny)")

@@ -7,7 +7,7 @@ this extension, so any build — ``jupyter-book build book/`` or the main job's 
 
 * stops with one line naming the command to run when a chapter of ``_toc.yml`` has no
   executed notebook (or its execution failed);
-* fetches the pinned JS (:func:`iavutils.book.vendor_assets`) when it is missing, so MathJax
+* fetches the pinned JS (:func:`iavutils.publish.book.vendor_assets`) when it is missing, so MathJax
   renders; without npm that stops with one line too.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MAIN_JOB = "make book  (or: python -m iavutils.book run, then jupyter-book build book/)"
+MAIN_JOB = "make book  (or: python -m iavutils.publish.book run, then jupyter-book build book/)"
 
 
 def _check(app: Any, config: Any) -> None:

@@ -15,7 +15,7 @@ Real presets download from the Hugging Face hub on first use:
 * ``dino``, ``deit``, ``in21k``: timm checkpoints.
 
 Tiny presets (32×32, patch 4, 6 blocks × 4 heads, width 64) load from
-``iavutils/weights/<preset>.safetensors``, made by ``python -m iavutils.pretrain``.
+``iavutils/weights/<preset>.safetensors``, made by ``python -m iavutils.world.pretrain``.
 
 timm's BEiT (real and tiny) classifies from the mean of the patch tokens, not from the CLS
 token; IA-Scores still read the CLS row of the attention (book/methods.md).
@@ -55,7 +55,7 @@ __all__ = [
     "convert_hf_beit_to_timm",
 ]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # package data: iavutils/weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -567,7 +567,7 @@ def load_model(
         if not path.exists():
             raise WeightsNotAvailableError(
                 f"shipped weights for {preset!r} are missing: {path}. Recreate them with "
-                f"`python -m iavutils.pretrain --preset {preset}` (or reinstall the package)."
+                f"`python -m iavutils.world.pretrain --preset {preset}` (or reinstall the package)."
             )
         state = load_state_dict_file(path)
         origin = str(path)

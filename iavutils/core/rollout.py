@@ -170,7 +170,7 @@ def gmar(model: nn.Module, x: Tensor, target: int | Tensor | None = None, norm: 
 
     Raises:
         TypeError: ``target`` is a float, bool, string or floating-point tensor
-            (:func:`~iavutils.attribution.check_target`).
+            (:func:`~iavutils.core.attribution.check_target`).
         ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
         RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
@@ -196,7 +196,7 @@ def gradient_rollout(model: nn.Module, x: Tensor, target: int | Tensor | None = 
 
     Raises:
         TypeError: ``target`` is a float, bool, string or floating-point tensor
-            (:func:`~iavutils.attribution.check_target`).
+            (:func:`~iavutils.core.attribution.check_target`).
         ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
         RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """

@@ -874,7 +874,7 @@ def iav_dataset(
 
     The noise of the image at dataset index ``i`` is seeded by ``image_seed(seed, i)``, so the
     result of an image does not depend on which other images share its batch or process
-    (``iavutils.distributed`` relies on this).
+    (``iavutils.analysis.distributed`` relies on this).
 
     Args:
         model: the ViT (moved to ``device`` by the caller).

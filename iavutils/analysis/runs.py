@@ -1,14 +1,14 @@
 """What a run directory holds, and what a chapter does when a finetuning is missing.
 
 Every analysis chapter (01–11) calls :func:`finetuned_models` in its setup cell, right after
-:func:`iavutils.parameters.check_parameters` and *before* the heavy imports: this module imports
+:func:`iavutils.analysis.parameters.check_parameters` and *before* the heavy imports: this module imports
 neither torch nor timm (``tests/test_usage.py`` checks it), so that ``papermill
 notebooks/05_global_iav.ipynb out.ipynb -p model beit`` with nothing finetuned stops within
 seconds, with the commands to run, instead of failing minutes later with an ``IndexError``.
 
 The preset names, recipes and dataset sizes it needs are kept here as literals, and
-``tests/test_usage.py`` checks that they agree with :mod:`iavutils.models`,
-:data:`iavutils.training.RECIPES` and :mod:`iavutils.data`.
+``tests/test_usage.py`` checks that they agree with :mod:`iavutils.world.models`,
+:data:`iavutils.world.training.RECIPES` and :mod:`iavutils.world.data`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = [
 TINY_PRESETS: tuple[str, ...] = ("tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k")
 REAL_PRESETS: tuple[str, ...] = ("beit", "dino", "deit", "in21k")
 PRESET_NAMES: tuple[str, ...] = (*TINY_PRESETS, *REAL_PRESETS, "beit-in22k-ft")  # order of models.PRESETS
-#: ``iavutils.training.RECIPES``: epochs, batch size, learning rate.
+#: ``iavutils.world.training.RECIPES``: epochs, batch size, learning rate.
 RECIPE_SUMMARY: dict[str, dict[str, float]] = {
     "paper": {"epochs": 30, "batch_size": 768, "lr": 1e-5},
     "tiny": {"epochs": 4, "batch_size": 64, "lr": 5e-4},
@@ -66,7 +66,7 @@ class FinetuningRequired(RuntimeError):
 
 def repo_root() -> Path | None:
     """The checkout this package sits in (``pyproject.toml`` next to ``iavutils/``), else None."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     if (here / "pyproject.toml").is_file() and (here / "iavutils").is_dir():
         return here
     return None
@@ -97,7 +97,7 @@ def resolve_run_dir(run_dir: str | os.PathLike | None = "") -> Path:
 
 
 def parse_models(model: str | Sequence[str]) -> list[str]:
-    """Presets named by a notebook's ``model`` parameter (re-exported by :mod:`iavutils.experiments`).
+    """Presets named by a notebook's ``model`` parameter (re-exported by :mod:`iavutils.analysis.experiments`).
 
     Args:
         model: One preset, a comma-separated list, or a sequence; ``"tiny"`` (or
@@ -136,7 +136,7 @@ def _preset_order(preset: str) -> tuple[int, str]:
 
 
 def _checkpoints(run: Path) -> list[Path]:
-    # The layout of iavutils.training: checkpoints/epoch_{k:03d}.safetensors.
+    # The layout of iavutils.world.training: checkpoints/epoch_{k:03d}.safetensors.
     return sorted((run / "checkpoints").glob("epoch_*.safetensors"))
 
 
@@ -216,7 +216,7 @@ def finetuning_status(preset: str, dataset: str, run_dir: str | os.PathLike | No
     last_file = int(checkpoints[-1].stem.split("_")[-1])
     if not isinstance(target, int) or isinstance(target, bool):
         return "complete", last_file, None
-    from .training import _complete_epochs  # torch: only for a run that is there (the analysis follows)
+    from ..world.training import _complete_epochs  # torch: only for a run that is there (the analysis follows)
 
     metrics = _read_json(run / "metrics.json")
     metrics = metrics.get("epochs", []) if isinstance(metrics, dict) else metrics if isinstance(metrics, list) else []
@@ -302,7 +302,7 @@ def finetuned_models(
     * ``finetune=True``: finetune whatever is missing here (announced), hub presets included.
     * ``finetune=False``: stop at once with the commands, whatever the preset.
 
-    Finetuning goes through :func:`iavutils.experiments.ensure_finetuned` (a checkpoint per
+    Finetuning goes through :func:`iavutils.analysis.experiments.ensure_finetuned` (a checkpoint per
     epoch, resumable, with progress bars).
 
     Args:
@@ -331,7 +331,8 @@ def finetuned_models(
     if stop:
         raise FinetuningRequired(_finetuning_message(stop, needed, dataset, run, device, notebook, finetune))
     if here:
-        from . import experiments, progress
+        from . import experiments
+        from ..core import progress
 
         device_type = experiments.resolve_device(device).type  # torch is imported now: say which device
         for p in here:

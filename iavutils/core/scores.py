@@ -107,7 +107,7 @@ def iav(
         attribution: ``"smoothgrad"`` (defaults ``n_samples=25, noise_level=0.15``: the IAV
             author's own convention, not stated in the paper), ``"saliency"`` (plain
             gradient) or ``"gradcam"``.
-        **kw: Passed to :func:`~iavutils.attribution.smoothgrad` (``n_samples``,
+        **kw: Passed to :func:`~iavutils.core.attribution.smoothgrad` (``n_samples``,
             ``noise_level``, ``generator``, ``batch_size``); ``"saliency"`` accepts
             ``batch_size``; ``"gradcam"`` none.
 
@@ -116,7 +116,7 @@ def iav(
 
     Raises:
         TypeError: ``target`` is a float, bool, string or floating-point tensor
-            (:func:`~iavutils.attribution.check_target`).
+            (:func:`~iavutils.core.attribution.check_target`).
         ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
         RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """

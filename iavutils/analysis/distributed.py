@@ -1,19 +1,19 @@
 """Data-parallel IAV sweeps with ``torchrun`` (PyTorch distributed).
 
 Each rank takes a strided shard of the dataset indices, computes its IAVs with
-:func:`iavutils.engine.iav_dataset`, and the shards are gathered to rank 0, which puts them in
-index order and writes them atomically into the results store (:class:`iavutils.store.ResultStore`).
+:func:`iavutils.core.engine.iav_dataset`, and the shards are gathered to rank 0, which puts them in
+index order and writes them atomically into the results store (:class:`iavutils.world.store.ResultStore`).
 The noise of every image is seeded from ``(seed, dataset index)`` only
-(:func:`iavutils.engine.image_seed`), so the result is the same for any number of ranks.
+(:func:`iavutils.core.engine.image_seed`), so the result is the same for any number of ranks.
 
 Backends: ``nccl`` when CUDA is available (one GPU per rank, ``cuda:LOCAL_RANK``), ``gloo`` on
 CPU. Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) it runs as a single process.
 
 Command line::
 
-    torchrun --nproc_per_node=4 -m iavutils.distributed --preset dino --dataset cifar10 \\
+    torchrun --nproc_per_node=4 -m iavutils.analysis.distributed --preset dino --dataset cifar10 \\
         --checkpoint-epoch 30 --num-images 10000 --run-dir runs
-    python -m iavutils.distributed --preset tiny-dino --num-images 64      # one process
+    python -m iavutils.analysis.distributed --preset tiny-dino --num-images 64      # one process
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .engine import NOISE_MODES, iav_dataset
+from ..core.engine import NOISE_MODES, iav_dataset
 
 __all__ = ["gather_shards", "init_distributed", "main", "shard_indices", "sweep", "sweep_key"]
 
@@ -124,7 +124,7 @@ def sweep(
         rank, world_size: from :func:`init_distributed`.
         device: this rank's device.
         progress: tqdm on rank 0 only.
-        **engine_kw: passed to :func:`iavutils.engine.iav_dataset` (``n_samples``,
+        **engine_kw: passed to :func:`iavutils.core.engine.iav_dataset` (``n_samples``,
             ``noise_level``, ``seed``, ``noise``, ``target``, ``chunk_size``, ``autocast`` …).
 
     Returns:
@@ -139,13 +139,13 @@ def sweep(
 
 
 def _build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, Any, str]:
-    from .models import load_model
+    from ..world.models import load_model
 
     # every rank must build the same model: random weights (--random-weights) and a new,
     # randomly initialised head (--num-classes on a preset without one) come from this seed
     torch.manual_seed(args.model_seed)
     if args.checkpoint_epoch is not None:
-        from .training import load_checkpoint
+        from ..world.training import load_checkpoint
 
         model, info = load_checkpoint(args.run_dir, args.dataset, args.preset, args.checkpoint_epoch, device=device)
         weights = f"checkpoint:{args.dataset}:{args.checkpoint_epoch}"
@@ -159,13 +159,13 @@ def _build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, A
 
 
 def _dataset(args: argparse.Namespace, info: Any) -> Any:
-    from .data import get_dataset
+    from ..world.data import get_dataset
 
     return get_dataset(args.dataset, split=args.split, info=info, root=args.data_root)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m iavutils.distributed", description="Data-parallel IAV sweep (torchrun).")
+    ap = argparse.ArgumentParser(prog="python -m iavutils.analysis.distributed", description="Data-parallel IAV sweep (torchrun).")
     ap.add_argument("--preset", required=True)
     ap.add_argument("--dataset", default="embedded")
     ap.add_argument("--split", default="val")
@@ -195,7 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Tensor] | None:
     """CLI entry point; returns the result on rank 0."""
-    from .store import ResultStore, atomic_write
+    from ..world.store import ResultStore, atomic_write
 
     args = parse_args(argv)
     rank, world, device = init_distributed(args.backend)

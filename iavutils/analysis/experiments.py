@@ -1,9 +1,9 @@
 """Cached per-section computations behind the notebooks (IAV paper, Figs. 2–9).
 
-Every notebook is a parameters cell, calls into this module and :mod:`iavutils.plots`, and prose.
+Every notebook is a parameters cell, calls into this module and :mod:`iavutils.publish.plots`, and prose.
 Each computation here is keyed by what it depends on — preset, dataset, checkpoint epoch *and a
 fingerprint of the checkpoint file*, and its parameters — and cached in the run directory's
-:class:`~iavutils.store.ResultStore`, so a later notebook (or a second run) reuses it.
+:class:`~iavutils.world.store.ResultStore`, so a later notebook (or a second run) reuses it.
 
 The expensive part of the whole book is SmoothGrad. It is computed once per (model, checkpoint)
 by :func:`checkpoint_analysis`, which keeps, for a fixed, seeded set of validation images:
@@ -31,7 +31,7 @@ Definitions that the paper leaves open (they are repeated in the notebooks):
 * **Masking orders** (Fig. 5): ``attention`` = last layer's CLS attention averaged over its
   heads; ``attention-mean`` = CLS attention averaged over all heads of all layers (the paper's
   "Attention-Mean"); ``smoothgrad`` = patch-mean SmoothGrad; ``random`` = a seeded random
-  order. Most relevant patches are set to black first (:func:`iavutils.evaluation.perturbation_curve`).
+  order. Most relevant patches are set to black first (:func:`iavutils.analysis.evaluation.perturbation_curve`).
 * **global-AAV** (Fig. 7b): the IA-Score with the last checkpoint's SmoothGrad of the reference
   model (the paper uses DINO; our default is the DINO-like preset of the run), computed on the
   same images; the embedded dataset also gives the AAV with the ground-truth object mask.
@@ -64,7 +64,7 @@ from .runs import (  # light (no torch): the chapters' setup cells use them befo
     resolve_run_dir,
     select_models,
 )
-from .store import ResultStore
+from ..world.store import ResultStore
 
 __all__ = [
     "DEFAULT_TINY",
@@ -146,7 +146,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _presets_module() -> Any:
-    from . import models
+    from ..world import models
 
     return models
 
@@ -235,14 +235,14 @@ def ensure_finetuned(
 ) -> pd.DataFrame:
     """Finetunes ``preset`` with a checkpoint per epoch unless the run already holds it.
 
-    :func:`iavutils.training.finetune` resumes from the last checkpoint and returns at once
+    :func:`iavutils.world.training.finetune` resumes from the last checkpoint and returns at once
     when every epoch is there.
 
     Args:
         preset: Preset name.
         dataset: ``"embedded"`` or ``"cifar10"``.
         run_dir: Run directory (see :func:`resolve_run_dir`).
-        recipe: Key of :data:`iavutils.training.RECIPES` (``None``/``""``: ``"tiny"`` for
+        recipe: Key of :data:`iavutils.world.training.RECIPES` (``None``/``""``: ``"tiny"`` for
             embedded presets, else ``"paper"``).
         epochs: Override of the recipe's number of epochs.
         max_train: Override of the recipe's number of training images (``None``: the recipe's).
@@ -252,7 +252,7 @@ def ensure_finetuned(
     Returns:
         The per-epoch metrics (:func:`training_history`) of this preset.
     """
-    from . import training
+    from ..world import training
 
     info = _presets_module().PRESETS[preset]
     run = training.run_path(resolve_run_dir(run_dir), dataset, preset)
@@ -322,7 +322,7 @@ def run_summary(presets: Iterable[str], dataset: str, run_dir: str | os.PathLike
 
 def checkpoint_epochs(preset: str, dataset: str, run_dir: str | os.PathLike | None = "") -> list[int]:
     """Epochs with a checkpoint (0 = the pretrained initialisation with its new head)."""
-    from .training import list_checkpoints
+    from ..world.training import list_checkpoints
 
     return sorted(int(e) for e, _ in list_checkpoints(str(resolve_run_dir(run_dir)), dataset, preset))
 
@@ -341,7 +341,7 @@ def analysis_epochs(preset: str, dataset: str, run_dir: str | os.PathLike | None
 
 
 def _checkpoint_path(preset: str, dataset: str, run_dir: str | os.PathLike | None, epoch: int) -> Path:
-    from .training import list_checkpoints
+    from ..world.training import list_checkpoints
 
     for e, path in list_checkpoints(str(resolve_run_dir(run_dir)), dataset, preset):
         if int(e) == int(epoch):
@@ -367,15 +367,15 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
 
 
 def _load(preset: str, dataset: str, run_dir: str | os.PathLike | None, epoch: int, device: torch.device):
-    from .training import load_checkpoint
+    from ..world.training import load_checkpoint
 
     model, info = load_checkpoint(str(resolve_run_dir(run_dir)), dataset, preset, epoch=epoch)
     return model.to(device).eval(), info
 
 
 def _progress(items: Sequence[Any], desc: str, enabled: bool = True) -> Any:
-    """A progress bar over ``items`` (:func:`iavutils.progress.progress_bar`)."""
-    from .progress import progress_bar
+    """A progress bar over ``items`` (:func:`iavutils.core.progress.progress_bar`)."""
+    from ..core.progress import progress_bar
 
     return progress_bar(items, desc=desc, disable=not enabled)
 
@@ -393,7 +393,7 @@ def default_split(dataset: str) -> str:
 
 
 def _dataset(dataset: str, split: str, info: Any) -> Any:
-    from .data import get_dataset
+    from ..world.data import get_dataset
 
     return get_dataset(dataset, split=split, info=info)
 
@@ -415,7 +415,7 @@ def load_images(
 
     Args:
         dataset: ``"embedded"`` or ``"cifar10"``.
-        info: The model's :class:`~iavutils.models.ModelInfo` (normalisation, size).
+        info: The model's :class:`~iavutils.world.models.ModelInfo` (normalisation, size).
         num_images: Subset size (``None``/0: the whole split).
         seed: Chooses the subset.
         split: Default :func:`default_split`.
@@ -496,7 +496,7 @@ def compute_iavs(
     """IAVs of a set of images — the one place the notebooks compute them.
 
     With ``indices`` (dataset positions) the SmoothGrad noise of each image is seeded by
-    :func:`iavutils.engine.image_seed` ``(seed, index)``, so an image gets the same noise whatever
+    :func:`iavutils.core.engine.image_seed` ``(seed, index)``, so an image gets the same noise whatever
     subset or batch it is computed in, and every model sees the same noise for the same image.
     Without, the per-image seeds come from ``torch.Generator().manual_seed(seed)`` as in the
     ARCHITECTURE.md noise-stream contract.
@@ -512,7 +512,7 @@ def compute_iavs(
         seed: Seed of the SmoothGrad noise.
         device: Where to compute.
         indices: Dataset index of each image (see above); engine backend only.
-        backend: ``"engine"`` (:mod:`iavutils.engine`: CLS rows only, chunked SmoothGrad) or
+        backend: ``"engine"`` (:mod:`iavutils.core.engine`: CLS rows only, chunked SmoothGrad) or
             ``"reference"`` (:func:`iavutils.smoothgrad` + :func:`iavutils.record_attention`);
             both give the same numbers up to float summation order.
         progress: Show a tqdm bar over the SmoothGrad chunks.
@@ -521,10 +521,10 @@ def compute_iavs(
         ``iav [B,L,H]``, ``smoothgrad [B,H,W]`` (pixels), ``cls_attn [B,L,H,P]``,
         ``logits [B,C]``, ``targets [B]`` — all on the CPU.
     """
-    from .attribution import noise_seeds, patch_pool, smoothgrad
-    from .engine import engine_cls_attention, image_seed, smoothgrad_fast
-    from .hooks import model_geometry, record_attention
-    from .scores import cls_attention, ia_score
+    from ..core.attribution import noise_seeds, patch_pool, smoothgrad
+    from ..core.engine import engine_cls_attention, image_seed, smoothgrad_fast
+    from ..core.hooks import model_geometry, record_attention
+    from ..core.scores import cls_attention, ia_score
 
     dev = resolve_device(device)
     model = model.to(dev).eval()
@@ -730,8 +730,8 @@ def robustness_curves(
         Columns ``model, shift ("blur" | "jigsaw g=2" | "jigsaw g=<grid>"), shift_kind
         ("blur" | "jigsaw-2" | "jigsaw-grid"), level, accuracy`` (accuracy in %).
     """
-    from .hooks import model_geometry
-    from .shifts import gaussian_blur, jigsaw
+    from ..core.hooks import model_geometry
+    from ..world.shifts import gaussian_blur, jigsaw
 
     rows = []
     for p in _progress(presets, "robustness", progress):
@@ -893,8 +893,8 @@ def masking_curves(
                **{k: v for k, v in params.items() if k not in ("device", "progress")}}
 
         def compute() -> dict[str, Tensor]:
-            from .attribution import patch_pool
-            from .hooks import model_geometry
+            from ..core.attribution import patch_pool
+            from ..core.hooks import model_geometry
 
             dev = resolve_device(device)
             model, info = _load(p, dataset, run_dir, epoch, dev)
@@ -961,7 +961,7 @@ def entropy_over_epochs(
         Columns ``model, epoch, layer (1-based), head, rank (position after sorting the layer's
         heads by decreasing entropy), entropy``.
     """
-    from .scores import attention_entropy
+    from ..core.scores import attention_entropy
 
     params = _analysis_params(num_images, n_samples, noise_level, seed, target, device, progress)
     runs = _analyses(presets, dataset, run_dir, stride, params, "Fig. 6 maps")
@@ -1007,7 +1007,7 @@ def last_layer_entropy(
     Returns:
         Columns ``model, layer (1-based), head, sample, entropy``.
     """
-    from .scores import attention_entropy
+    from ..core.scores import attention_entropy
 
     params = _analysis_params(num_images, n_samples, noise_level, seed, target, device, progress)
     runs = _analyses(presets, dataset, run_dir, None, params, "Fig. 6b maps")
@@ -1063,8 +1063,8 @@ def global_scores_over_epochs(
         Columns ``model, epoch, score ("IAV" | "AAV (<ref>)" | "AAV (mask)"), layer, head, rank
         (position after sorting the layer's heads by decreasing score), value``.
     """
-    from .attribution import patch_pool
-    from .scores import global_iav, ia_score
+    from ..core.attribution import patch_pool
+    from ..core.scores import global_iav, ia_score
 
     params = _analysis_params(num_images, n_samples, noise_level, seed, target, device, progress)
     runs = _analyses(presets, dataset, run_dir, stride, params, "Fig. 7 maps")
@@ -1118,7 +1118,7 @@ def uniform_baselines(
     Returns:
         Columns ``model, epoch, score, baseline`` (``score`` as in :func:`global_scores_over_epochs`).
     """
-    from .attribution import patch_pool
+    from ..core.attribution import patch_pool
 
     params = _analysis_params(num_images, n_samples, noise_level, seed, target, device, progress)
     runs = _analyses(presets, dataset, run_dir, stride, params, "uniform baselines")
@@ -1163,7 +1163,7 @@ def head_scores(
         Columns ``model, layer (1-based), head, sample, label, score, high`` where ``high`` is the
         head's type (median IA-Score over the images > 0.5: High-IA-Head).
     """
-    from .scores import head_types
+    from ..core.scores import head_types
 
     params = _analysis_params(num_images, n_samples, noise_level, seed, target, device, progress)
     runs = _analyses(presets, dataset, run_dir, None, params, "Fig. 8 maps")

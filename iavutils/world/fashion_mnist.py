@@ -207,7 +207,7 @@ class FashionMNISTDataset(Dataset):
     Args:
         split: ``"train"``, ``"val"`` (held-out part of the official train file) or ``"test"``
             (the official test file, in order).
-        info: A :class:`iavutils.models.ModelInfo` (input size, mean/std); ``None``: 28×28,
+        info: A :class:`iavutils.world.models.ModelInfo` (input size, mean/std); ``None``: 28×28,
             mean = std = 0.5.
         root: Data directory (see the module docstring).
         download: Download if missing (``None``: ``IAV_DOWNLOAD=1`` decides).

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
+from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 from .data import get_dataset
 from .models import PRESETS, ModelInfo, load_model, load_state_dict_file, safetensors_problem
@@ -329,7 +329,7 @@ def finetune(
     """Finetunes a preset with a checkpoint per epoch; resumes an interrupted run.
 
     Args:
-        preset: A preset of :mod:`iavutils.models`.
+        preset: A preset of :mod:`iavutils.world.models`.
         dataset: ``"embedded"`` or ``"cifar10"`` (validation: ``"val"`` / ``"test"`` split).
         run_dir: Root of the runs; this run lives in ``{run_dir}/{dataset}/{preset}``.
         config: The recipe; ``None``: ``RECIPES["tiny"]`` for tiny presets, else ``RECIPES["paper"]``.
@@ -337,7 +337,7 @@ def finetune(
         progress: Show tqdm progress bars.
         num_classes: Head size; ``None``: the dataset's number of classes.
         max_train: Train on the first ``max_train`` training images only (tests, quick looks).
-        data_root: CIFAR-10 directory (see :class:`iavutils.data.CIFAR10Dataset`).
+        data_root: CIFAR-10 directory (see :class:`iavutils.world.data.CIFAR10Dataset`).
 
     Returns:
         The per-epoch metrics (also in ``metrics.json``), epoch 0 being the initialisation.
