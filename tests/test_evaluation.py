@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from iavutils.analysis import evaluation as ev
+from iavutils.analysis import explanations as ev
+from iavutils.core import metrics
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)
@@ -55,8 +56,8 @@ def test_object_first_map_gets_best_positive_auc_hand_computed():
     good = region.expand(3, 16, 16)
     bad = 1.0 - good
     kw = dict(mean=MEAN, std=STD)
-    c_good = ev.perturbation_curve(model, x, good, y, mode="positive", **kw)
-    c_bad = ev.perturbation_curve(model, x, bad, y, mode="positive", **kw)
+    c_good = metrics.perturbation_curve(model, x, good, y, mode="positive", **kw)
+    c_bad = metrics.perturbation_curve(model, x, bad, y, mode="positive", **kw)
     # round(f*256) pixels removed. Object first: intact > 1/2 only while f < 0.25 (f = 0, .1, .2).
     assert c_good.accuracy.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
     # Background first: the object loses pixels only after f = 0.5; intact > 1/2 up to f = 0.7.
@@ -64,7 +65,7 @@ def test_object_first_map_gets_best_positive_auc_hand_computed():
     assert c_good.auc == pytest.approx(25.0)
     assert c_bad.auc == pytest.approx(75.0)
     # Negative on the good map removes background first: the same as positive on the reverse.
-    c_neg = ev.perturbation_curve(model, x, good, y, mode="negative", **kw)
+    c_neg = metrics.perturbation_curve(model, x, good, y, mode="negative", **kw)
     assert c_neg.auc == pytest.approx(75.0)
     assert c_good.per_image_auc().mean().item() == pytest.approx(c_good.auc)
 
@@ -73,11 +74,11 @@ def test_patch_unit_and_patch_maps():
     model, x, y, region = _object_world()
     # 4x4 grid of 4x4 patches; the object occupies grid columns 0-1 (8 of 16 patches).
     patch_map = region.reshape(4, 4, 4, 4).mean((1, 3)).reshape(1, 16).expand(3, 16)
-    c = ev.perturbation_curve(model, x, patch_map, y, mean=MEAN, std=STD, unit="patch", grid=(4, 4))
+    c = metrics.perturbation_curve(model, x, patch_map, y, mean=MEAN, std=STD, unit="patch", grid=(4, 4))
     # round(f*16) patches: 2, 3, 5 ... object intact fraction 6/8, 5/8, 3/8 -> correct up to f=0.2.
     assert c.accuracy.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
     # The same patch map through bilinear upsampling ranks the object first as well.
-    c_pix = ev.perturbation_curve(model, x, patch_map, y, mean=MEAN, std=STD, grid=(4, 4), upsample="nearest")
+    c_pix = metrics.perturbation_curve(model, x, patch_map, y, mean=MEAN, std=STD, grid=(4, 4), upsample="nearest")
     assert c_pix.auc == pytest.approx(25.0)
 
 
@@ -86,15 +87,15 @@ def test_all_equal_map_gets_random_expectation():
     x = _normalize(torch.ones(B, 3, S, S))
     y = torch.ones(B, dtype=torch.long)
     flat = torch.zeros(B, S, S)
-    c = ev.perturbation_curve(OnePixel(), x, flat, y, mean=MEAN, std=STD, batch_size=1000)
+    c = metrics.perturbation_curve(OnePixel(), x, flat, y, mean=MEAN, std=STD, batch_size=1000)
     n = S * S
     expected = [1.0 - math.floor(f * n + 0.5) / n for f in c.fractions.tolist()]
-    exp_auc = float(ev.perturbation_auc(c.fractions, torch.tensor(expected)))
+    exp_auc = float(metrics.perturbation_auc(c.fractions, torch.tensor(expected)))
     assert c.auc == pytest.approx(exp_auc, abs=2.5)
     assert (c.accuracy - torch.tensor(expected)).abs().max() < 0.07
     # A random map is the same thing in expectation.
     rnd = torch.rand(B, S, S, generator=torch.Generator().manual_seed(3))
-    c_r = ev.perturbation_curve(OnePixel(), x, rnd, y, mean=MEAN, std=STD, batch_size=1000)
+    c_r = metrics.perturbation_curve(OnePixel(), x, rnd, y, mean=MEAN, std=STD, batch_size=1000)
     assert c_r.auc == pytest.approx(exp_auc, abs=2.5)
 
 
@@ -104,9 +105,9 @@ def test_perturbation_deterministic_chunk_invariant_and_input_untouched():
     x0 = x.clone()
     y = torch.ones(B, dtype=torch.long)
     flat = torch.zeros(B, S, S)
-    a = ev.perturbation_curve(OnePixel(), x, flat, y, mean=MEAN, std=STD, seed=5, batch_size=7)
-    b = ev.perturbation_curve(OnePixel(), x, flat, y, mean=MEAN, std=STD, seed=5, batch_size=20)
-    c = ev.perturbation_curve(OnePixel(), x, flat, y, mean=MEAN, std=STD, seed=6, batch_size=20)
+    a = metrics.perturbation_curve(OnePixel(), x, flat, y, mean=MEAN, std=STD, seed=5, batch_size=7)
+    b = metrics.perturbation_curve(OnePixel(), x, flat, y, mean=MEAN, std=STD, seed=5, batch_size=20)
+    c = metrics.perturbation_curve(OnePixel(), x, flat, y, mean=MEAN, std=STD, seed=6, batch_size=20)
     assert torch.equal(a.correct, b.correct)
     assert not torch.equal(a.correct, c.correct)
     assert torch.equal(x, x0)
@@ -115,16 +116,16 @@ def test_perturbation_deterministic_chunk_invariant_and_input_untouched():
 def test_perturbation_restores_training_flag_and_validates():
     model, x, y, region = _object_world()
     model.train()
-    ev.perturbation_curve(model, x, region.expand(3, 16, 16), y, mean=MEAN, std=STD)
+    metrics.perturbation_curve(model, x, region.expand(3, 16, 16), y, mean=MEAN, std=STD)
     assert model.training
     with pytest.raises(ValueError):
-        ev.perturbation_curve(model, x, region.expand(3, 16, 16), y, mean=MEAN, std=STD, mode="sideways")
+        metrics.perturbation_curve(model, x, region.expand(3, 16, 16), y, mean=MEAN, std=STD, mode="sideways")
     with pytest.raises(ValueError):
-        ev.perturbation_curve(model, x, region.expand(3, 16, 16), y)  # no normalisation given
+        metrics.perturbation_curve(model, x, region.expand(3, 16, 16), y)  # no normalisation given
 
 
 def test_auc_trapezoid():
-    assert float(ev.perturbation_auc([0.0, 0.5, 1.0], [1.0, 1.0, 0.0])) == pytest.approx(75.0)
+    assert float(metrics.perturbation_auc([0.0, 0.5, 1.0], [1.0, 1.0, 0.0])) == pytest.approx(75.0)
 
 
 def test_localization_known_iou():
@@ -132,7 +133,7 @@ def test_localization_known_iou():
     mask[:, :, :2] = 1.0  # object: left half
     m = torch.zeros(1, 4, 4)
     m[:, :, :3] = 1.0  # prediction: three left columns
-    out = ev.localization_metrics(m, mask)
+    out = metrics.localization_metrics(m, mask)
     # object IoU 8/12, background IoU 4/8, mIoU 7/12, pixel accuracy 12/16.
     assert out["iou_object"].item() == pytest.approx(2 / 3)
     assert out["miou"].item() == pytest.approx(7 / 12)
@@ -145,10 +146,10 @@ def test_localization_known_iou():
 def test_localization_perfect_and_constant_maps():
     mask = torch.zeros(2, 8, 8)
     mask[:, 2:5, 3:6] = 1.0
-    perfect = ev.localization_metrics(mask.clone(), mask)
+    perfect = metrics.localization_metrics(mask.clone(), mask)
     for k in ("pixel_accuracy", "miou", "ap", "pointing"):
         assert torch.allclose(perfect[k], torch.ones(2)), k
-    const = ev.localization_metrics(torch.ones(2, 8, 8), mask)
+    const = metrics.localization_metrics(torch.ones(2, 8, 8), mask)
     # A constant map predicts no object pixel: background IoU 55/64, object IoU 0.
     assert const["miou"][0].item() == pytest.approx(0.5 * 55 / 64)
 
@@ -157,7 +158,7 @@ def test_patch_map_localization_uses_grid():
     mask = torch.zeros(1, 8, 8)
     mask[:, :4, :4] = 1.0
     patch = torch.tensor([[1.0, 0.0, 0.0, 0.0]])  # 2x2 grid, top-left patch
-    out = ev.localization_metrics(patch, mask, grid=(2, 2), upsample="nearest")
+    out = metrics.localization_metrics(patch, mask, grid=(2, 2), upsample="nearest")
     assert out["miou"].item() == pytest.approx(1.0)
     assert out["pointing"].item() == 1.0
 
@@ -168,7 +169,7 @@ def test_pointing_game_toy():
     maps = torch.zeros(2, 4, 4)
     maps[0, 0, 0] = 5.0  # hit
     maps[1, 3, 3] = 5.0  # miss
-    assert ev.localization_metrics(maps, mask)["pointing"].tolist() == [1.0, 0.0]
+    assert metrics.localization_metrics(maps, mask)["pointing"].tolist() == [1.0, 0.0]
 
 
 def test_average_precision_matches_sklearn():
@@ -176,20 +177,20 @@ def test_average_precision_matches_sklearn():
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 5, (4, 50), generator=g).float()  # many ties
     targets = torch.rand(4, 50, generator=g) > 0.6
-    ours = ev.average_precision(scores, targets)
+    ours = metrics.average_precision(scores, targets)
     for b in range(4):
         ref = sk.average_precision_score(targets[b].numpy(), scores[b].numpy())
         assert ours[b].item() == pytest.approx(ref)
-    assert math.isnan(ev.average_precision(scores[:1], torch.zeros(1, 50, dtype=torch.bool)).item())
+    assert math.isnan(metrics.average_precision(scores[:1], torch.zeros(1, 50, dtype=torch.bool)).item())
 
 
 def test_to_pixel_maps_shapes():
     m = torch.arange(6.0).reshape(1, 6)
-    up = ev.to_pixel_maps(m, (4, 6), grid=(2, 3), mode="nearest")
+    up = metrics.to_pixel_maps(m, (4, 6), grid=(2, 3), mode="nearest")
     assert up.shape == (1, 4, 6)
     assert up[0, 0, 0] == 0 and up[0, 3, 5] == 5
     with pytest.raises(ValueError):
-        ev.to_pixel_maps(m, (4, 6), grid=(2, 2))
+        metrics.to_pixel_maps(m, (4, 6), grid=(2, 2))
 
 
 # --------------------------------------------------------------------------- on a toy ViT
@@ -241,7 +242,7 @@ def test_evaluate_explanations_and_table():
     assert head[["auc_positive", "auc_negative", "miou", "ap", "pointing"]].notna().all().all()
     # attention_mean gets only the patch-masking curve (Fig. 5), not the pixel curves.
     assert table.iloc[4][["auc_positive"]].isna().all() and table.iloc[4]["auc_patch_positive"] >= 0
-    d = ev.paired_difference(res, "gmar_l1", "rollout")
+    d = metrics.paired_difference(res, "gmar_l1", "rollout")
     assert d["low"] <= d["diff"] <= d["high"]
 
 
@@ -287,19 +288,19 @@ def test_perturbation_reuses_given_clean_predictions():
     calls = []
     handle = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     try:
-        plain = ev.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.001, 0.5])
+        plain = metrics.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.001, 0.5])
         n_plain = sum(calls)
         calls.clear()
         clean = model(x).argmax(1)
         calls.clear()
-        reused = ev.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.001, 0.5], clean=clean)
+        reused = metrics.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.001, 0.5], clean=clean)
     finally:
         handle.remove()
     assert torch.equal(plain.correct, reused.correct)
     # fractions 0 and 0.001 (round(0.256) = 0 pixels) remove nothing: only 0.5 is forwarded
     assert n_plain == 3 * 4 and sum(calls) == 4
     # a wrong clean prediction is taken as given (so it must come from the same model and images)
-    wrong = ev.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.5], clean=1 - clean)
+    wrong = metrics.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, fractions=[0.5], clean=1 - clean)
     assert wrong.correct[0].sum() == 0
     with pytest.raises(ValueError, match=r"clean must hold B=4 predicted classes, got shape \(3,\)"):
-        ev.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, clean=clean[:3])
+        metrics.perturbation_curve(model, x, good, y, mean=MEAN, std=STD, clean=clean[:3])

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
-from .evaluation import attention_and_grads
+from .explanations import attention_and_grads
 from ..core.hooks import eval_mode
 from ..core.rollout import gmar_head_weights
 
