@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from book_fixtures import NOTEBOOKS, REPO, BuiltBook, built_book, tail  # noqa: F401 (fixture)
 
-from iavutils.publish import book
+from iavutils.publish import book, notebook_files, runner
 
 
 def _outputs_with_errors(nb: dict) -> list[str]:
@@ -131,8 +131,8 @@ def test_collapse_code_tags_every_code_cell_once(tmp_path: Path) -> None:
           "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     path = tmp_path / "n.ipynb"
     path.write_text(json.dumps(nb))
-    book.collapse_code(path)
-    book.collapse_code(path)  # idempotent
+    notebook_files.collapse_code(path)
+    notebook_files.collapse_code(path)  # idempotent
     cells = json.loads(path.read_text())["cells"]
     assert "tags" not in cells[0]["metadata"]
     assert cells[1]["metadata"]["tags"] == ["parameters", "hide-input"]
@@ -142,32 +142,32 @@ def test_collapse_code_tags_every_code_cell_once(tmp_path: Path) -> None:
 def test_preset_groups_match_models() -> None:
     from iavutils.world import models
 
-    assert book.PRESET_GROUPS["tiny"] == tuple(models.TINY_PRESETS)
-    assert book.PRESET_GROUPS["real"] == tuple(models.REAL_PRESETS) == ("beit", "dino", "deit", "in21k")
+    assert runner.PRESET_GROUPS["tiny"] == tuple(models.TINY_PRESETS)
+    assert runner.PRESET_GROUPS["real"] == tuple(models.REAL_PRESETS) == ("beit", "dino", "deit", "in21k")
 
 
 def test_expand_presets() -> None:
-    assert book.expand_presets("real") == ["beit", "dino", "deit", "in21k"]
-    assert book.expand_presets("tiny-dino, deit,tiny-dino") == ["tiny-dino", "deit"]
-    assert book.expand_presets("tiny")[0] == "tiny-mim"
+    assert runner.expand_presets("real") == ["beit", "dino", "deit", "in21k"]
+    assert runner.expand_presets("tiny-dino, deit,tiny-dino") == ["tiny-dino", "deit"]
+    assert runner.expand_presets("tiny")[0] == "tiny-mim"
     with pytest.raises(ValueError):
-        book.expand_presets(" , ")
+        runner.expand_presets(" , ")
 
 
 def test_default_parameters_pick_dataset_and_absolute_run_dir(tmp_path: Path) -> None:
-    p = book.default_parameters(["tiny-dino"], tmp_path / "r", small=True)
+    p = runner.default_parameters(["tiny-dino"], tmp_path / "r", small=True)
     assert p["dataset"] == "embedded" and p["model"] == "tiny-dino"
     assert Path(p["run_dir"]).is_absolute()
-    assert p["num_images"] == book.SMALL_PARAMETERS["num_images"]
-    assert book.default_parameters(["beit", "dino"], tmp_path)["dataset"] == "cifar10"
+    assert p["num_images"] == runner.SMALL_PARAMETERS["num_images"]
+    assert runner.default_parameters(["beit", "dino"], tmp_path)["dataset"] == "cifar10"
 
 
 def test_only_selects_by_prefix(tmp_path: Path) -> None:
     for name in ("00_a", "01_b", "10_c"):
         (tmp_path / f"{name}.ipynb").write_text("{}")
-    assert [p.stem for p in book.list_notebooks(["01", "00_a.ipynb"], tmp_path)] == ["00_a", "01_b"]
+    assert [p.stem for p in runner.list_notebooks(["01", "00_a.ipynb"], tmp_path)] == ["00_a", "01_b"]
     with pytest.raises(SystemExit):
-        book.list_notebooks(["0"], tmp_path)  # ambiguous
+        runner.list_notebooks(["0"], tmp_path)  # ambiguous
 
 
 def test_jupyter_book_2_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,7 +256,7 @@ def test_run_prints_heartbeats_and_keeps_progress_out_of_the_pages(
         "print('cell output')",
         "time.sleep(1.5)  # a long silent cell",
     ])))
-    results = book.run_notebooks([nb], {"seconds": 0.8}, tmp_path / "book", progress=False, heartbeat_s=0.5)
+    results = runner.run_notebooks([nb], {"seconds": 0.8}, tmp_path / "book", progress=False, heartbeat_s=0.5)
     assert results[0].ok, results[0].error
     err = capsys.readouterr().err
     beats = [ln for ln in err.splitlines() if "01_sleepy running" in ln]
