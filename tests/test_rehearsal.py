@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from iavutils.publish import rehearsal
+from iavutils.publish import rehearsal, rehearsal_cifar, rehearsal_hub
 from iavutils.world.data import CIFAR10_CLASSES, get_dataset
 from iavutils.world.models import PRESETS, REAL_PRESETS
 
@@ -36,7 +36,7 @@ NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
 def test_py2_pickle_is_what_python2_wrote():
     entry = {"data": np.arange(12, dtype=np.uint8).reshape(2, 6), "labels": [3, 300, 70000],
              "batch_label": "training batch 1 of 5", "filenames": ["a.png", "b.png"]}
-    blob = rehearsal.py2_pickle(entry)
+    blob = rehearsal_cifar.py2_pickle(entry)
     ops = {op.name for op, _, _ in pickletools.genops(blob)}
     # Python 2 str opcodes only: no unicode strings, no _codecs.encode calls (Python 3's bytes)
     assert not ops & {"BINUNICODE", "SHORT_BINUNICODE", "BINBYTES", "SHORT_BINBYTES"}
@@ -51,19 +51,19 @@ def test_py2_pickle_is_what_python2_wrote():
 
 
 def test_cifar10_folder_and_archive_load_through_get_dataset(tmp_path):
-    arrays = rehearsal.write_cifar10(tmp_path / "folder", folder=True, archive=False)
-    rehearsal.write_cifar10(tmp_path / "archive", folder=False, archive=True)
+    arrays = rehearsal_cifar.write_cifar10(tmp_path / "folder", folder=True, archive=False)
+    rehearsal_cifar.write_cifar10(tmp_path / "archive", folder=False, archive=True)
     assert not (tmp_path / "archive" / "cifar-10-batches-py").exists()
     with tarfile.open(tmp_path / "archive" / "cifar-10-python.tar.gz") as tar:
         assert sorted(tar.getnames()) == ["cifar-10-batches-py"] + sorted(
             f"cifar-10-batches-py/{n}" for n in
             ["batches.meta", "readme.html", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)])
     info = PRESETS["deit"]
-    n_train = 5 * rehearsal.CIFAR_TRAIN_PER_BATCH
+    n_train = 5 * rehearsal_cifar.CIFAR_TRAIN_PER_BATCH
     for root in (tmp_path / "folder", tmp_path / "archive"):
         train = get_dataset("cifar10", "train", info=info, root=root)
         test = get_dataset("cifar10", "test", info=info, root=root)
-        assert len(train) == n_train and len(test) == rehearsal.CIFAR_TEST_IMAGES
+        assert len(train) == n_train and len(test) == rehearsal_cifar.CIFAR_TEST_IMAGES
         x, y = train[1]
         data, labels = arrays["data_batch_1"]
         assert x.shape == (3, 224, 224) and y == labels[1]
@@ -72,7 +72,7 @@ def test_cifar10_folder_and_archive_load_through_get_dataset(tmp_path):
         assert sorted(set(test.labels.tolist())) == list(range(10))
         assert tuple(getattr(train, "classes", CIFAR10_CLASSES)) == tuple(CIFAR10_CLASSES)
     # deterministic: the same bytes from the same seed
-    rehearsal.write_cifar10(tmp_path / "again", folder=False, archive=True)
+    rehearsal_cifar.write_cifar10(tmp_path / "again", folder=False, archive=True)
     assert ((tmp_path / "again" / "cifar-10-python.tar.gz").read_bytes()
             == (tmp_path / "archive" / "cifar-10-python.tar.gz").read_bytes())
 
@@ -81,7 +81,7 @@ def test_cifar10_folder_and_archive_load_through_get_dataset(tmp_path):
 
 
 def test_beit_pt22k_state_dict_has_the_checkpoints_keys_and_shapes():
-    sd = rehearsal.beit_pt22k_state_dict(seed=0)
+    sd = rehearsal_hub.beit_pt22k_state_dict(seed=0)
     assert sd["beit.embeddings.mask_token"].shape == (1, 1, 768)
     assert sd["beit.encoder.relative_position_bias.relative_position_bias_table"].shape == (732, 12)
     assert sd["beit.encoder.relative_position_bias.relative_position_index"].shape == (197, 197)
@@ -90,21 +90,21 @@ def test_beit_pt22k_state_dict_has_the_checkpoints_keys_and_shapes():
     assert not any(k.endswith("key.bias") for k in sd)  # BEiT has no key bias
     assert not any("relative_position_bias_table" in k and "layer." in k for k in sd)  # shared only
     assert len([k for k in sd if k.startswith("beit.encoder.layer.")]) == 12 * 17
-    again = rehearsal.beit_pt22k_state_dict(seed=0)
+    again = rehearsal_hub.beit_pt22k_state_dict(seed=0)
     assert all(torch.equal(sd[k], again[k]) for k in sd)
 
 
 @pytest.mark.slow  # four ViT-B/16 files of ~350 MB written and loaded: ~40 s idle, minutes when loaded
 def test_hub_cache_loads_offline_through_load_model(tmp_path):
     hf_home = tmp_path / "hf"
-    snapshots = rehearsal.make_hub_cache(hf_home, list(REAL_PRESETS), seed=0)
+    snapshots = rehearsal_hub.make_hub_cache(hf_home, list(REAL_PRESETS), seed=0)
     assert set(snapshots) == set(REAL_PRESETS)
     from huggingface_hub import scan_cache_dir
 
     scan = scan_cache_dir(hf_home / "hub")
     assert not scan.warnings
     repos = {r.repo_id: {f.file_name for rev in r.revisions for f in rev.files} for r in scan.repos}
-    assert repos == {repo: set(files) for repo, files in rehearsal.HUB_FILES.values()}
+    assert repos == {repo: set(files) for repo, files in rehearsal_hub.HUB_FILES.values()}
     # A fresh process, hub offline: the presets load through timm's / our own hub code paths.
     code = (
         "import torch\n"
