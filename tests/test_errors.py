@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 import iavutils as iu
 from iavutils.core import engine, hooks
-from iavutils.world import models, training
+from iavutils.world import hub, training
 from iavutils.world.models import PRESETS, WeightsNotAvailableError, load_model
 from iavutils.world.store import ResultStore
 
@@ -73,7 +73,7 @@ def test_slow_name_resolution_is_cut_short(empty_hub_cache, monkeypatch):
         raise OSError("too late")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    monkeypatch.setattr(models, "HUB_PROBE_TIMEOUT", 0.3)
+    monkeypatch.setattr(hub, "HUB_PROBE_TIMEOUT", 0.3)
     t0 = time.perf_counter()
     with pytest.raises(WeightsNotAvailableError, match=r"no answer within 0\.3 s"):
         load_model("deit", num_classes=10)
