@@ -97,7 +97,7 @@ def resolve_run_dir(run_dir: str | os.PathLike | None = "") -> Path:
 
 
 def parse_models(model: str | Sequence[str]) -> list[str]:
-    """Presets named by a notebook's ``model`` parameter (re-exported by :mod:`iavutils.analysis.experiments`).
+    """Presets named by a notebook's ``model`` parameter.
 
     Args:
         model: One preset, a comma-separated list, or a sequence; ``"tiny"`` (or
@@ -302,7 +302,7 @@ def finetuned_models(
     * ``finetune=True``: finetune whatever is missing here (announced), hub presets included.
     * ``finetune=False``: stop at once with the commands, whatever the preset.
 
-    Finetuning goes through :func:`iavutils.analysis.experiments.ensure_finetuned` (a checkpoint per
+    Finetuning goes through :func:`iavutils.analysis.checkpoints.ensure_finetuned` (a checkpoint per
     epoch, resumable, with progress bars).
 
     Args:
@@ -331,10 +331,10 @@ def finetuned_models(
     if stop:
         raise FinetuningRequired(_finetuning_message(stop, needed, dataset, run, device, notebook, finetune))
     if here:
-        from . import experiments
+        from . import checkpoints  # torch: only when a finetuning is made here
         from ..core import progress
 
-        device_type = experiments.resolve_device(device).type  # torch is imported now: say which device
+        device_type = checkpoints.resolve_device(device).type  # torch is imported now: say which device
         for p in here:
             status, last, target = needed[p]
             state = (f"an interrupted finetuning on {dataset} (epoch {last} of {target})" if status == "incomplete"
@@ -344,7 +344,7 @@ def finetuned_models(
                                 f"so an interrupted run resumes (finetune={finetune!r}; -p finetune False stops "
                                 "instead).")
             t0 = time.perf_counter()
-            experiments.ensure_finetuned(p, dataset, run, device=device)
+            checkpoints.ensure_finetuned(p, dataset, run, device=device)
             _announce(progress, f"{p}: finetuned in {_format_seconds(time.perf_counter() - t0)}.")
     return presets, dataset, run
 

@@ -1,0 +1,216 @@
+"""The cached per-checkpoint analysis behind chapters 02–07 (IAV paper, Figs. 2 and 4–9).
+
+Every notebook is a parameters cell, calls into the chapter modules of :mod:`iavutils.analysis`
+and :mod:`iavutils.publish.plots`, and prose. Each computation is keyed by what it depends on —
+preset, dataset, checkpoint epoch *and a fingerprint of the checkpoint file*
+(:func:`iavutils.analysis.checkpoints.checkpoint_key`), and its parameters (the
+:class:`~iavutils.core.spec.AnalysisSpec`) — and cached in the run directory's
+:class:`~iavutils.world.store.ResultStore`, so a later notebook (or a second run) reuses it.
+
+The expensive part of the whole book is SmoothGrad. It is computed once per (model, checkpoint)
+by :func:`checkpoint_analysis`, which keeps, for a fixed, seeded set of validation images:
+
+* ``iav`` ``[N,L,H]`` — IA-Scores (SmoothGrad vs each head's CLS attention),
+* ``smoothgrad`` ``[N,H,W]`` — the pixel attribution ``φ``,
+* ``cls_attn`` ``[N,L,H,P]`` — each head's CLS row over the patches ``A``,
+* ``logits``, ``labels``, ``targets``, ``indices`` and (embedded data) ``mask``.
+
+Training dynamics (Fig. 4), entropy (Fig. 6), global-IAV/AAV (Fig. 7), head roles (Fig. 8),
+t-SNE (Fig. 9) and the SmoothGrad ordering of the masking test (Fig. 5) are all derived from
+these entries, so the notebooks 02–07 share one SmoothGrad pass per checkpoint.
+:func:`compute_iavs` is the single place where IAVs are computed for a set of images.
+
+A definition that the paper leaves open (it is repeated in the notebooks):
+
+* **Target class** ``ŷ``: the ground-truth label by default (``target="label"``), so that the
+  attribution of every checkpoint explains the same class and Fig. 4 measures how the maps
+  change, not how the predictions change; ``target="predicted"`` is the alternative of Eq. (3).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..core.spec import AnalysisSpec
+from .checkpoints import (
+    _progress,
+    analysis_epochs,
+    checkpoint_epochs,
+    checkpoint_key,
+    load_finetuned,
+    resolve_device,
+    result_store,
+)
+from .images import default_split, load_images
+
+__all__ = ["compute_iavs", "checkpoint_analysis", "analyses"]
+
+
+def compute_iavs(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor | None,
+    spec: AnalysisSpec | None = None,
+    *,
+    indices: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """IAVs of a set of images — the one place the notebooks compute them.
+
+    With ``indices`` (dataset positions) the SmoothGrad noise of each image is seeded by
+    :func:`iavutils.core.engine.image_seed` ``(seed, index)``, so an image gets the same noise whatever
+    subset or batch it is computed in, and every model sees the same noise for the same image.
+    Without, the per-image seeds come from ``torch.Generator().manual_seed(seed)`` as in the
+    ARCHITECTURE.md noise-stream contract.
+
+    Computed by the engine (:mod:`iavutils.core.engine`: CLS rows only, chunked SmoothGrad); the
+    straightforward reference implementation it agrees with, up to float summation order, is
+    the tests' oracle.
+
+    Args:
+        model: A finetuned ViT-family classifier.
+        images: Model-normalised images ``[B,3,H,W]``.
+        targets: ``[B]`` classes to explain, or ``None`` for the predicted class.
+        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
+            defaults); used here: ``n_samples`` (SmoothGrad noisy copies per image),
+            ``noise_level`` (noise as a fraction of each image's value range), ``noise`` (the
+            noise stream), ``seed`` (of the SmoothGrad noise), ``device`` (where to compute) and
+            ``progress`` (a tqdm bar over the SmoothGrad chunks). ``num_images`` and ``target``
+            are the caller's: it passes the images and ``targets``.
+        indices: Dataset index of each image (see above).
+
+    Returns:
+        ``iav [B,L,H]``, ``smoothgrad [B,H,W]`` (pixels), ``cls_attn [B,L,H,P]``,
+        ``logits [B,C]``, ``targets [B]`` — all on the CPU.
+    """
+    from ..core.attribution import noise_seeds, patch_pool
+    from ..core.engine import engine_cls_attention, image_seed, smoothgrad_fast
+    from ..core.hooks import model_geometry
+    from ..core.scores import ia_score
+
+    spec = AnalysisSpec() if spec is None else spec
+    seed = spec.seed
+    dev = resolve_device(spec.device)
+    model = model.to(dev).eval()
+    geo = model_geometry(model)
+    x = images.to(dev)
+    B = x.shape[0]
+    if indices is not None:
+        seeds = torch.tensor([image_seed(seed, int(i)) for i in indices], dtype=torch.long)
+    else:
+        seeds = noise_seeds(B, torch.Generator().manual_seed(int(seed)))
+    logits, cls = engine_cls_attention(model, x)
+    logits, cls = logits.detach().float().cpu(), cls.detach().float().cpu()
+    t = logits.argmax(1) if targets is None else torch.as_tensor(targets).long().cpu().clone()
+    sg = smoothgrad_fast(model, x, t.to(dev), spec.n_samples, spec.noise_level, seeds=seeds, noise=spec.noise,
+                         grid=geo.grid, return_pixels=True, progress=spec.progress)
+    phi = sg["pixels"].detach().cpu()
+    scores = ia_score(patch_pool(phi, geo.grid), cls)
+    return {"iav": scores, "smoothgrad": phi, "cls_attn": cls, "logits": logits, "targets": t}
+
+
+def checkpoint_analysis(
+    preset: str,
+    dataset: str = "embedded",
+    epoch: int | None = None,
+    *,
+    run_dir: str | os.PathLike | None = "",
+    spec: AnalysisSpec | None = None,
+) -> dict[str, Tensor]:
+    """SmoothGrad, CLS attention and IAVs of one checkpoint on a seeded image set (cached).
+
+    Args:
+        preset: Preset name.
+        dataset: Dataset the preset was finetuned on.
+        epoch: Checkpoint epoch (``None``: the last one).
+        run_dir: Run directory.
+        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
+            defaults): ``num_images`` of the held-out split (the same seeded subset for every
+            model), ``n_samples`` SmoothGrad noisy copies, ``noise_level`` and ``noise``,
+            ``seed`` (the subset and the SmoothGrad noise), ``target`` (``"label"``: ground
+            truth, or ``"predicted"``: the class ``ŷ`` explained) and ``device``. Its
+            :meth:`~iavutils.core.spec.AnalysisSpec.cache_key` is part of the cache key.
+
+    Returns:
+        ``iav [N,L,H]``, ``smoothgrad [N,H,W]``, ``cls_attn [N,L,H,P]``, ``logits [N,C]``,
+        ``labels [N]``, ``targets [N]``, ``indices [N]`` and, where the dataset has object masks,
+        ``mask [N,H,W]``.
+    """
+    spec = AnalysisSpec() if spec is None else spec
+    if epoch is None:
+        epoch = checkpoint_epochs(preset, dataset, run_dir)[-1]
+    key = {**checkpoint_key(preset, dataset, epoch, run_dir), "split": default_split(dataset), **spec.cache_key()}
+
+    def compute() -> dict[str, Tensor]:
+        dev = resolve_device(spec.device)
+        model, info = load_finetuned(preset, dataset, run_dir, epoch, dev)
+        data = load_images(dataset, info, spec.num_images, spec.seed)
+        res = compute_iavs(
+            model, data["x"], data["y"] if spec.target == "label" else None,
+            spec.replace(progress=False),  # the bar is over checkpoints (analyses), not chunks
+            indices=data["indices"],
+        )
+        res.update(labels=data["y"].clone(), indices=data["indices"].clone())
+        if "mask" in data:
+            res["mask"] = data["mask"]
+        return res
+
+    return result_store(run_dir).cached("analysis", key, compute, meta={"what": "SmoothGrad, CLS attention, IAV"})
+
+
+def analyses(
+    presets: Sequence[str], dataset: str, run_dir: Any, stride: int | None, spec: AnalysisSpec | None, desc: str
+) -> dict[str, dict[int, dict[str, Tensor]]]:
+    """``{preset: {epoch: checkpoint_analysis}}`` over the chosen epochs (``stride=None``: last only).
+
+    Args:
+        presets: Preset names.
+        dataset: Dataset they were finetuned on.
+        run_dir: Run directory.
+        stride: Every ``stride``-th checkpoint epoch, the last always (``None``: the last only).
+        spec: The analysis specification (``None``: the defaults); ``spec.progress`` shows a
+            bar over the checkpoints.
+        desc: The progress bar's label.
+    """
+    spec = AnalysisSpec() if spec is None else spec
+    jobs = []
+    for p in presets:
+        epochs = analysis_epochs(p, dataset, run_dir, stride) if stride else checkpoint_epochs(p, dataset, run_dir)[-1:]
+        jobs += [(p, e) for e in epochs]
+    out: dict[str, dict[int, dict[str, Tensor]]] = {}
+    for p, e in _progress(jobs, desc, spec.progress):
+        out.setdefault(p, {})[e] = checkpoint_analysis(p, dataset, e, run_dir=run_dir, spec=spec)
+    return out
+
+
+# ----------------------------------------------------------------------------- per-head views
+
+
+def _rank_within_layer(values: Tensor, descending: bool = True) -> Tensor:
+    """Position of each head after sorting the heads of its layer (``[L,H]`` → ``[L,H]`` ranks)."""
+    order = torch.argsort(torch.nan_to_num(values, nan=-1.0), dim=1, descending=descending)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(values.shape[1]).expand_as(order).contiguous())
+    return ranks
+
+
+def _head_rows(preset: str, values: Tensor, extra: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    ranks = _rank_within_layer(values)
+    L, H = values.shape
+    return [
+        {"model": preset, **extra, "layer": l + 1, "head": h, "rank": int(ranks[l, h]), name: float(values[l, h])}
+        for l in range(L) for h in range(H)
+    ]
+
+
+def _layer_features(r: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    s = r["iav"].double()
+    s = torch.where(torch.isnan(s), torch.nanmean(s, dim=0, keepdim=True).nan_to_num(0.0), s)
+    feats = {f"L{l + 1}": s[:, l].numpy() for l in range(s.shape[1])}
+    feats["classifier"] = r["logits"].double().numpy()
+    return feats
