@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from iavutils.world import data
+from iavutils.world import cifar
 from iavutils.world.data import CIFAR10_CLASSES, DatasetFormatError, DatasetNotFoundError, get_dataset
 
 FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -150,7 +150,7 @@ def fake_download(monkeypatch):
         calls.append(root)
         write_cifar(root)
 
-    monkeypatch.setattr(data, "_download_cifar", download)
+    monkeypatch.setattr(cifar, "_download_cifar", download)
     return calls
 
 
