@@ -7,6 +7,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from iavutils.analysis import ablation as ab
+from iavutils.analysis import head_ablation as ha
+from iavutils.core.spec import AnalysisSpec
 
 
 def _vit(seed: int = 0) -> VisionTransformer:
@@ -104,9 +106,9 @@ def test_group_ablation_groups_and_controls():
 def test_rank_correlation_and_group_comparison():
     a = torch.tensor([[0.1, 0.2], [0.3, float("nan")]])
     b = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
-    r = ab.rank_correlation(a, b)
+    r = ha.rank_correlation(a, b)
     assert r["rho"] == pytest.approx(1.0) and r["n"] == 3
-    c = ab.head_group_comparison(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), torch.tensor([[False, True], [False, True]]))
+    c = ha.head_group_comparison(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), torch.tensor([[False, True], [False, True]]))
     assert c["mean_low"] == 0.0 and c["mean_high"] == 1.5
 
 
@@ -123,12 +125,12 @@ def test_run_head_ablation_on_a_run(tmp_path):
     from fake_runs import write_fake_run
 
     write_fake_run(tmp_path, "tiny-sup")
-    r = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, num_images=4, n_samples=2, ablation_images=8,
-                             device="cpu", progress=False)
+    r = ha.run_head_ablation("tiny-sup", "embedded", tmp_path, ablation_images=8,
+                             spec=AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False))
     assert r["ia"].shape == (6, 4) and r["single.logit_drop"].shape == (6, 4)
     assert torch.allclose(r["gmar_weight"].sum(1), torch.ones(6), atol=1e-5)
     assert (r["rgroup.n_high"] + r["rgroup.n_low"]).tolist() == [4.0] * 6
-    df = ab.ablation_frame({"tiny-sup": r})
+    df = ha.ablation_frame({"tiny-sup": r})
     assert len(df) == 24 and set(df.columns) >= {"ia", "high_ia", "high_rel", "gmar_weight", "logit_drop"}
 
 
@@ -163,14 +165,14 @@ def test_run_head_ablation_max_subsets_is_part_of_the_key(tmp_path):
     from fake_runs import write_fake_run
 
     write_fake_run(tmp_path, "tiny-sup")
-    kw = dict(num_images=4, n_samples=2, ablation_images=4, device="cpu", progress=False)
-    full = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
-    one = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, max_subsets=1, **kw)
+    kw = dict(ablation_images=4, spec=AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False))
+    full = ha.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
+    one = ha.run_head_ablation("tiny-sup", "embedded", tmp_path, max_subsets=1, **kw)
     assert torch.equal(full["single.logit_drop"], one["single.logit_drop"])  # single heads: unaffected
     assert torch.equal(full["rgroup.all_logit_drop"], one["rgroup.all_logit_drop"])
     # one control subset instead of all six 2-subsets of a layer's 4 heads: its own cache entry
     assert torch.isfinite(one["rgroup.low_control_logit_drop"]).all()
-    again = ab.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
+    again = ha.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
     assert torch.equal(again["rgroup.low_control_logit_drop"], full["rgroup.low_control_logit_drop"])
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from iavutils.analysis import explanations as ev
 from iavutils.core import metrics
+from iavutils.core.spec import AnalysisSpec
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)
@@ -259,7 +260,8 @@ def test_run_explanation_eval_is_cached(tmp_path, monkeypatch):
     from fake_runs import write_fake_run
 
     write_fake_run(tmp_path, "tiny-dino")
-    kw = dict(num_images=4, n_samples=2, device="cpu", progress=False, methods=("rollout", "gmar_l1", "smoothgrad", "random"))
+    kw = dict(spec=AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False),
+              methods=("rollout", "gmar_l1", "smoothgrad", "random"))
     res = ev.run_explanation_eval("tiny-dino", "embedded", tmp_path, **kw)
     assert res["positive.gmar_l1"].shape == (10, 4) and res["loc.miou.rollout"].shape == (4,)
     calls = []

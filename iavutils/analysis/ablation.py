@@ -8,8 +8,9 @@ over a reference set at the same token position (``mode="mean"``, mean ablation,
 the activation statistics the next layers expect). Hooks live only inside
 :func:`ablate_heads`, which removes them in ``finally``.
 
-Measured per head (or group): drop of top-1 accuracy and drop of the mean target (label) logit.
-Related to the head's IA-Score (global-IAV) and its mean GMAR weight by Spearman correlation.
+Measured per head (or group): drop of top-1 accuracy and drop of the mean target (label) logit,
+and each head's mean GMAR weight. Chapter 10's statistics, cached run and verdict (relating the
+drops to the IA-Score) are in :mod:`iavutils.analysis.head_ablation`.
 """
 
 from __future__ import annotations
@@ -19,26 +20,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
-from .explanations import attention_and_grads
 from ..core.hooks import eval_mode
+from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 from ..core.rollout import gmar_head_weights
+from .explanations import attention_and_grads
 
 __all__ = [
     "ablate_heads",
-    "ablation_frame",
-    "ablation_scores",
     "group_ablation",
     "head_ablation",
-    "head_group_comparison",
     "mean_gmar_weights",
     "proj_input_means",
-    "rank_correlation",
-    "run_head_ablation",
 ]
 
 HeadSpec = Tensor | Iterable[tuple[int, int]]
@@ -421,64 +416,6 @@ def group_ablation(
     return out
 
 
-def _as_float64(v: Any) -> Tensor:
-    """Tensor or array-like (also read-only numpy views from pandas) → float64 tensor copy."""
-    if isinstance(v, Tensor):
-        return v.detach().cpu().double()
-    return torch.tensor(np.asarray(v, dtype=np.float64))
-
-
-def rank_correlation(a: Tensor, b: Tensor) -> dict[str, float]:
-    """Spearman rank correlation of two per-head quantities, ignoring NaN pairs.
-
-    Args:
-        a: Any shape (e.g. ``[L,H]`` logit drop); tensor or array-like.
-        b: Same shape (e.g. ``[L,H]`` global-IAV).
-
-    Returns:
-        ``{"rho", "p_value", "n"}`` (two-sided p-value of scipy's test; NaN if ``n < 3`` or a
-        side is constant).
-    """
-    from scipy.stats import spearmanr
-
-    x = _as_float64(a).flatten()
-    y = _as_float64(b).flatten()
-    ok = torch.isfinite(x) & torch.isfinite(y)
-    n = int(ok.sum())
-    if n < 3 or x[ok].unique().numel() < 2 or y[ok].unique().numel() < 2:
-        return {"rho": float("nan"), "p_value": float("nan"), "n": n}
-    res = spearmanr(x[ok].numpy(), y[ok].numpy())
-    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": n}
-
-
-def head_group_comparison(drop: Tensor, high_ia: Tensor) -> dict[str, float]:
-    """Compare the single-head drops of Low-IA and High-IA heads (Mann–Whitney U).
-
-    Args:
-        drop: ``[L,H]`` (or flat) per-head drop; tensor or array-like.
-        high_ia: Same shape, bool head types.
-
-    Returns:
-        ``{"mean_low", "mean_high", "n_low", "n_high", "p_value"}`` (two-sided; NaN if a group
-        has no head).
-    """
-    from scipy.stats import mannwhitneyu
-
-    d = _as_float64(drop)
-    hi = _as_float64(high_ia) > 0.5
-    lo_v, hi_v = d[~hi & torch.isfinite(d)], d[hi & torch.isfinite(d)]
-    p = float("nan")
-    if lo_v.numel() and hi_v.numel():
-        p = float(mannwhitneyu(lo_v.numpy(), hi_v.numpy(), alternative="two-sided").pvalue)
-    return {
-        "mean_low": float(lo_v.mean()) if lo_v.numel() else float("nan"),
-        "mean_high": float(hi_v.mean()) if hi_v.numel() else float("nan"),
-        "n_low": int(lo_v.numel()),
-        "n_high": int(hi_v.numel()),
-        "p_value": p,
-    }
-
-
 def mean_gmar_weights(
     model: nn.Module,
     x: Tensor,
@@ -508,156 +445,3 @@ def mean_gmar_weights(
         part = w.detach().sum(0).cpu()
         total = part if total is None else total + part
     return total / B  # type: ignore[operator]
-
-
-def ablation_scores(
-    single: dict[str, Tensor], ia: Tensor, gmar_weight: Tensor | None = None, which: str = "logit_drop"
-) -> dict[str, dict[str, float]]:
-    """Rank correlations of a single-head drop with the IA-Score and the GMAR weight.
-
-    Args:
-        single: :func:`head_ablation` result.
-        ia: ``[L,H]`` global-IAV (mean IA-Score per head).
-        gmar_weight: ``[L,H]`` mean GMAR weight (optional).
-        which: ``"logit_drop"`` or ``"accuracy_drop"``.
-
-    Returns:
-        ``{"ia_score": rank_correlation(...), "gmar_weight": ...}``.
-    """
-    out = {"ia_score": rank_correlation(single[which], ia)}
-    if gmar_weight is not None:
-        out["gmar_weight"] = rank_correlation(single[which], gmar_weight)
-    return out
-
-
-# --------------------------------------------------------------------------- cached experiment
-
-_ABLATION_VERSION = 2
-
-
-def run_head_ablation(
-    preset: str,
-    dataset: str = "embedded",
-    run_dir: str | None = "",
-    *,
-    num_images: int = 64,
-    n_samples: int = 25,
-    noise_level: float = 0.15,
-    seed: int = 0,
-    target: str = "label",
-    ablation_images: int = 256,
-    mode: str = "zero",
-    max_subsets: int = 20,
-    epoch: int | None = None,
-    device: str = "auto",
-    progress: bool = True,
-) -> dict[str, Tensor]:
-    """Single-head and group ablation of a finetuned checkpoint with its IA-Scores, cached.
-
-    IA-Scores (global-IAV, head types) come from the book's cached
-    :func:`iavutils.analysis.experiments.checkpoint_analysis` of ``num_images`` images (shared with the
-    other chapters); the ablation runs on the first ``ablation_images`` of the same seeded
-    validation order (a superset), where forwards are cheap; GMAR weights are averaged over the
-    analysis images for the same target classes.
-
-    Args:
-        preset: Preset finetuned in the run.
-        dataset: Dataset name.
-        run_dir: Run directory (``""``: the repository's ``runs``).
-        num_images: Images of the IA-Score analysis.
-        n_samples: SmoothGrad samples of the analysis.
-        noise_level: SmoothGrad noise level of the analysis.
-        seed: Image subset and noise seed.
-        target: ``"label"`` or ``"predicted"`` (class explained by SmoothGrad and GMAR).
-        ablation_images: Images for the ablation (labels are the targets of the drops).
-        mode: ``"zero"`` or ``"mean"`` (mean over the ablation images, per token position).
-        max_subsets: Same-size head subsets averaged for each control group
-            (:func:`group_ablation`); the cost of the group ablations grows with it.
-        epoch: Checkpoint (``None``: the last one).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
-        progress: Show progress bars.
-
-    Returns:
-        ``ia`` ``[L,H]`` (global-IAV), ``high_ia`` ``[L,H]`` (bool as float), ``gmar_weight``
-        ``[L,H]``, ``single.*`` (:func:`head_ablation`, without per-image tensors),
-        ``group.*`` (:func:`group_ablation` with the paper's head types) and ``rgroup.*`` (with
-        the relative split ``high_rel``: global-IAV above the model's median over its heads).
-    """
-    from . import experiments as ex
-    from ..core.scores import global_iav, head_types
-    from ..world.store import ResultStore
-    from ..world.training import list_checkpoints, load_checkpoint
-
-    run = ex.resolve_run_dir(run_dir)
-    dev = ex.resolve_device(device)
-    ckpts = dict(list_checkpoints(run, dataset, preset))
-    if not ckpts:
-        raise FileNotFoundError(f"no checkpoints of {preset!r} on {dataset!r} in {run}: finetune it first")
-    epoch = max(ckpts) if epoch is None else int(epoch)
-    key = {
-        "version": _ABLATION_VERSION, "preset": preset, "dataset": dataset, "epoch": epoch,
-        "fingerprint": ex.checkpoint_fingerprint(ckpts[epoch]), "num_images": num_images,
-        "n_samples": n_samples, "noise_level": noise_level, "seed": seed, "target": target,
-        "ablation_images": ablation_images, "mode": mode,
-    }
-    if max_subsets != 20:  # the default keeps the keys (and caches) of earlier runs
-        key["max_subsets"] = int(max_subsets)
-
-    def compute() -> dict[str, Tensor]:
-        analysis = ex.checkpoint_analysis(
-            preset, dataset, epoch, run_dir=run, num_images=num_images, n_samples=n_samples,
-            noise_level=noise_level, seed=seed, target=target, device=device, progress=progress,
-        )
-        model, info = load_checkpoint(run, dataset, preset, epoch=epoch, device=dev)
-        iavs = analysis["iav"].double()
-        high = head_types(iavs)
-        small = ex.load_images(dataset, info, num_images, seed)
-        gmar_w = mean_gmar_weights(model, small["x"].to(dev), analysis["targets"].to(dev), batch_size=64)
-        data = ex.load_images(dataset, info, ablation_images, seed)
-        xy = (data["x"].to(dev), data["y"].to(dev))
-        single = head_ablation(model, xy, mode=mode, progress=progress)
-        drops: dict[tuple[int, tuple[int, ...]], tuple[float, float]] = {}  # shared by both splits
-        groups = group_ablation(model, xy, high, mode=mode, max_subsets=max_subsets, progress=progress,
-                                cache=drops)
-        ia = global_iav(iavs)
-        # The paper's 0.5 threshold can leave a model without Low-IA heads; the relative split
-        # (above / at-or-below the model's median global-IAV) always has both kinds.
-        rel_high = ia > torch.nanquantile(ia.flatten(), 0.5)
-        rgroups = group_ablation(model, xy, rel_high, mode=mode, max_subsets=max_subsets, progress=progress,
-                                 cache=drops)
-        out = {"ia": ia.float(), "high_ia": high.float(), "high_rel": rel_high.float(), "gmar_weight": gmar_w.float()}
-        out.update({f"rgroup.{k}": v.float() for k, v in rgroups.items()})
-        for k in ("accuracy", "logit", "accuracy_drop", "logit_drop"):
-            out[f"single.{k}"] = single[k].float()
-        out.update({f"group.{k}": v.float() for k, v in groups.items()})
-        return out
-
-    return ResultStore(run).cached("head_ablation", key, compute, meta={"preset": preset})
-
-
-def ablation_frame(results: dict[str, dict[str, Tensor]]) -> Any:
-    """Per-head rows of :func:`run_head_ablation` results for plotting.
-
-    Args:
-        results: ``{model: run_head_ablation(...)}``.
-
-    Returns:
-        ``pandas.DataFrame`` with ``model, layer (1-based), head, ia, high_ia, high_rel,
-        gmar_weight, accuracy_drop (percentage points), logit_drop``.
-    """
-    import pandas as pd
-
-    rows = []
-    for name, r in results.items():
-        L, H = r["ia"].shape
-        for l in range(L):
-            for h in range(H):
-                rows.append({
-                    "model": name, "layer": l + 1, "head": h, "ia": float(r["ia"][l, h]),
-                    "high_ia": bool(r["high_ia"][l, h] > 0.5),
-                    "high_rel": bool(r["high_rel"][l, h] > 0.5) if "high_rel" in r else None,
-                    "gmar_weight": float(r["gmar_weight"][l, h]),
-                    "accuracy_drop": 100.0 * float(r["single.accuracy_drop"][l, h]),
-                    "logit_drop": float(r["single.logit_drop"][l, h]),
-                })
-    return pd.DataFrame(rows)

@@ -37,6 +37,7 @@ except ImportError:  # until then: the private one, same maths, (attn, grads) on
         """Attention ``[B,L,H,N,N]`` and ``∂y_c/∂A`` (transitional wrapper of core.rollout's)."""
         return _core_attention_and_grads(model, x, target, "attention_and_grads")[:2]
 from ..core.scores import aav, cls_attention
+from ..core.spec import AnalysisSpec
 
 __all__ = [
     "EXPLANATION_METHODS",
@@ -317,23 +318,17 @@ def run_explanation_eval(
     dataset: str = "embedded",
     run_dir: str | None = "",
     *,
-    num_images: int = 64,
-    n_samples: int = 25,
-    noise_level: float = 0.15,
-    seed: int = 0,
-    device: str = "auto",
+    spec: AnalysisSpec | None = None,
     methods: Sequence[str] = EXPLANATION_METHODS,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    target: str = "label",
     epoch: int | None = None,
     batch_size: int = 64,
-    progress: bool = True,
 ) -> dict[str, Tensor]:
     """:func:`evaluate_explanations` of a finetuned checkpoint, cached in the run directory.
 
-    Images: the seeded validation subset of :func:`iavutils.analysis.experiments.load_images` (the same
+    Images: the seeded validation subset of :func:`iavutils.analysis.images.load_images` (the same
     images for every model). SmoothGrad is taken from the book's cached
-    :func:`iavutils.analysis.experiments.checkpoint_analysis` of the same images (shared with chapters
+    :func:`iavutils.analysis.iavs.checkpoint_analysis` of the same images (shared with chapters
     02–07), and every method explains the same class. The cache key holds the checkpoint's
     fingerprint, so a re-finetuned model is re-evaluated.
 
@@ -341,59 +336,57 @@ def run_explanation_eval(
         preset: Preset finetuned in the run.
         dataset: ``"embedded"`` (with masks) or ``"cifar10"`` (no localization).
         run_dir: Run directory (``""``: the repository's ``runs``; see ``resolve_run_dir``).
-        num_images: Validation images.
-        n_samples: SmoothGrad samples.
-        noise_level: SmoothGrad noise level.
-        seed: Image subset, SmoothGrad noise, random map and tie-breaking seed.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        spec: The analysis (``None``: the defaults): ``num_images`` validation images,
+            SmoothGrad ``n_samples`` and ``noise_level``, ``seed`` (image subset, SmoothGrad
+            noise, random map and tie-breaking), ``target`` (class explained: ``"label"``, the
+            book's default, or ``"predicted"``), ``device`` and ``progress`` (bars).
         methods: Explanation methods.
         fractions: Removed fractions.
-        target: Class explained: ``"label"`` (the book's default) or ``"predicted"``.
         epoch: Checkpoint (``None``: the last one).
         batch_size: Images per forward.
-        progress: Show progress bars.
 
     Returns:
         The :func:`evaluate_explanations` dictionary plus ``indices`` (dataset indices) and
         ``epoch``.
     """
-    from . import experiments as ex
     from ..world.store import ResultStore
     from ..world.training import list_checkpoints, load_checkpoint
+    from .checkpoints import checkpoint_fingerprint, resolve_device
+    from .iavs import checkpoint_analysis
+    from .images import has_masks, load_images, warn_no_masks
+    from .runs import resolve_run_dir
 
-    run = ex.resolve_run_dir(run_dir)
-    dev = ex.resolve_device(device)
+    spec = AnalysisSpec() if spec is None else spec
+    target = spec.target
+    run = resolve_run_dir(run_dir)
+    dev = resolve_device(spec.device)
     ckpts = dict(list_checkpoints(run, dataset, preset))
     if not ckpts:
         raise FileNotFoundError(f"no checkpoints of {preset!r} on {dataset!r} in {run}: finetune it first")
     epoch = max(ckpts) if epoch is None else int(epoch)
     if target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
-    if not ex.has_masks(dataset):
-        ex.warn_no_masks(dataset, "localization against the masks (pixel accuracy, mIoU, AP, pointing "
-                                  "game) and the AAV with the mask")
+    if not has_masks(dataset):
+        warn_no_masks(dataset, "localization against the masks (pixel accuracy, mIoU, AP, pointing "
+                               "game) and the AAV with the mask")
     key = {
         "version": _EVAL_VERSION, "preset": preset, "dataset": dataset, "epoch": epoch,
-        "fingerprint": ex.checkpoint_fingerprint(ckpts[epoch]), "num_images": num_images,
-        "n_samples": n_samples, "noise_level": noise_level, "seed": seed, "target": target,
+        "fingerprint": checkpoint_fingerprint(ckpts[epoch]), **spec.cache_key(),
         "methods": list(methods), "fractions": [float(f) for f in fractions],
     }
 
     def compute() -> dict[str, Tensor]:
         # SmoothGrad of the same images and targets is the book's shared, cached analysis.
-        analysis = ex.checkpoint_analysis(
-            preset, dataset, epoch, run_dir=run, num_images=num_images, n_samples=n_samples,
-            noise_level=noise_level, seed=seed, target=target, device=device, progress=progress,
-        )
+        analysis = checkpoint_analysis(preset, dataset, epoch, run_dir=run, spec=spec)
         model, info = load_checkpoint(run, dataset, preset, epoch=epoch, device=dev)
-        imgs = ex.load_images(dataset, info, num_images, seed)
+        imgs = load_images(dataset, info, spec.num_images, spec.seed)
         if not torch.equal(imgs["indices"], analysis["indices"]):
             raise RuntimeError("the image subset differs from the cached analysis")
         res = evaluate_explanations(
             model, imgs["x"].to(dev), imgs["y"].to(dev), imgs.get("mask"), info=info, methods=methods,
-            target=analysis["targets"].to(dev), fractions=fractions, n_samples=n_samples,
-            noise_level=noise_level, seed=seed, batch_size=batch_size,
-            precomputed={"smoothgrad": analysis["smoothgrad"]}, progress=progress,
+            target=analysis["targets"].to(dev), fractions=fractions, n_samples=spec.n_samples,
+            noise_level=spec.noise_level, seed=spec.seed, batch_size=batch_size,
+            precomputed={"smoothgrad": analysis["smoothgrad"]}, progress=spec.progress,
         )
         res["indices"] = imgs["indices"]
         res["epoch"] = torch.tensor(epoch)

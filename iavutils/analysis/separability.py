@@ -29,10 +29,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
+
 from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
+from ..core.spec import AnalysisSpec
 
 __all__ = [
     "FEATURE_SETS",
@@ -320,17 +324,11 @@ def checkpoint_trends(
     run_dir: str | None = "",
     *,
     epoch_stride: int = 2,
-    num_images: int = 64,
-    n_samples: int = 25,
-    noise_level: float = 0.15,
-    seed: int = 0,
-    target: str = "label",
-    device: str = "auto",
-    progress: bool = True,
+    spec: AnalysisSpec | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """Per preset and analysed checkpoint: global-IAV, attention entropy and accuracy.
 
-    Built from the book's cached :func:`iavutils.analysis.experiments.checkpoint_analysis` (the same
+    Built from the book's cached :func:`iavutils.analysis.iavs.checkpoint_analysis` (the same
     entries chapters 02–07 use, so nothing is recomputed when their parameters match).
 
     Args:
@@ -338,31 +336,25 @@ def checkpoint_trends(
         dataset: Dataset name.
         run_dir: Run directory.
         epoch_stride: Every ``epoch_stride``-th checkpoint from 0, the last always included.
-        num_images: Analysis images.
-        n_samples: SmoothGrad samples.
-        noise_level: SmoothGrad noise level.
-        seed: Image subset and noise seed.
-        target: ``"label"`` or ``"predicted"``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
-        progress: Show progress bars.
+        spec: The analysis of each checkpoint (``None``: the defaults); its ``progress`` shows
+            a bar over the presets.
 
     Returns:
         ``{preset: {"epochs" [E], "global_iav" [E,L,H], "entropy" [E,L,H] (nats),
         "accuracy" [E] (validation accuracy from the finetuning metrics, NaN if missing)}}``.
     """
-    from . import experiments as ex
     from ..core.scores import attention_entropy, global_iav
+    from .checkpoints import analysis_epochs, training_history
+    from .iavs import checkpoint_analysis
 
+    spec = AnalysisSpec() if spec is None else spec
     out: dict[str, dict[str, Tensor]] = {}
-    history = ex.training_history(presets, dataset, run_dir)
-    for p in tqdm(list(presets), desc="checkpoint trends", disable=not progress):
-        epochs = ex.analysis_epochs(p, dataset, run_dir, epoch_stride)
+    history = training_history(presets, dataset, run_dir)
+    for p in tqdm(list(presets), desc="checkpoint trends", disable=not spec.progress):
+        epochs = analysis_epochs(p, dataset, run_dir, epoch_stride)
         iav_l, ent_l, acc_l = [], [], []
         for e in epochs:
-            r = ex.checkpoint_analysis(
-                p, dataset, e, run_dir=run_dir, num_images=num_images, n_samples=n_samples,
-                noise_level=noise_level, seed=seed, target=target, device=device, progress=False,
-            )
+            r = checkpoint_analysis(p, dataset, e, run_dir=run_dir, spec=spec.replace(progress=False))
             iav_l.append(global_iav(r["iav"].double()))
             ent_l.append(attention_entropy(r["cls_attn"].double()).mean(0))
             acc = float("nan")
