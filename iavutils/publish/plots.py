@@ -1,21 +1,16 @@
-"""Seaborn figures for the book, one per paper figure (IAV paper, Figs. 2–9).
+"""Seaborn figures for chapters 00–07, one per paper figure (IAV paper, Figs. 2–9).
 
-Every function takes the tidy frames of :mod:`iavutils.analysis.experiments` and returns a
-``matplotlib`` figure. One colour per model, the same in every chapter (:func:`model_color`):
-self-supervised models in cool colours (MIM/BEiT blue, DINO green), supervised ones in warm
-colours (small labelled source/DeiT vermillion, large labelled source/ImageNet-21k orange); an
-embedded preset and the real model it stands for share a colour. Epochs are shades of the
-model's colour, darker = later, as in the paper's Figs. 6a and 7.
+Every function takes the tidy frames of the chapter modules of :mod:`iavutils.analysis` and
+returns a ``matplotlib`` figure. The colours, labels and style are :mod:`iavutils.publish.style`
+(importable from here too); chapters 08, 10 and 11 draw with :mod:`iavutils.publish.figures`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -24,6 +19,20 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+
+from .style import (  # the colours and labels, importable from here as before
+    HIGH_COLOR,
+    LOW_COLOR,
+    METHOD_COLORS,
+    MODEL_COLORS,
+    MODEL_LABELS,
+    _GREY,
+    epoch_shades,
+    model_color,
+    model_label,
+    model_palette,
+    setup,
+)
 
 __all__ = [
     "MODEL_COLORS",
@@ -48,74 +57,6 @@ __all__ = [
     "separability_curves",
     "example_maps",
 ]
-
-_BLUE, _GREEN, _VERMILLION, _ORANGE, _PINK, _GREY = "#0173b2", "#029e73", "#d55e00", "#de8f05", "#cc78bc", "#7f7f7f"
-
-#: A fixed colour per preset (an embedded preset shares the colour of the model it mirrors).
-MODEL_COLORS: dict[str, str] = {
-    "tiny-mim": _BLUE, "beit": _BLUE,
-    "tiny-dino": _GREEN, "dino": _GREEN,
-    "tiny-sup": _VERMILLION, "deit": _VERMILLION,
-    "tiny-sup21k": _ORANGE, "in21k": _ORANGE,
-    "beit-in22k-ft": _PINK,
-}
-
-#: Legend labels: the preset and the paper's model it stands for.
-MODEL_LABELS: dict[str, str] = {
-    "tiny-mim": "tiny-mim (MIM ≈ BEiT)",
-    "tiny-dino": "tiny-dino (≈ DINO)",
-    "tiny-sup": "tiny-sup (≈ DeiT)",
-    "tiny-sup21k": "tiny-sup21k (≈ IN-21k)",
-    "beit": "BEiT", "dino": "DINO", "deit": "DeiT", "in21k": "ViT-IN21k",
-    "beit-in22k-ft": "BEiT (IN-22k ft)",
-}
-
-#: Patch orderings of the masking test (Fig. 5).
-METHOD_COLORS: dict[str, str] = {
-    "attention": "#0173b2", "attention-mean": "#56b4e9", "smoothgrad": "#d55e00", "random": _GREY,
-}
-
-#: High-/Low-IA-Head marks (the paper's Fig. 8: blue above 0.5, red below).
-HIGH_COLOR, LOW_COLOR = "#1f5fbf", "#d62728"
-
-_FALLBACK = sns.color_palette("colorblind", 10).as_hex()
-
-
-def setup() -> None:
-    """Seaborn style for every figure of the book (call once per notebook)."""
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
-    matplotlib.rcParams.update({"figure.dpi": 90, "savefig.dpi": 120, "axes.titlesize": "medium"})
-
-
-def model_color(preset: str) -> str:
-    """The model's colour; an unknown preset gets a stable colour from its name."""
-    if preset in MODEL_COLORS:
-        return MODEL_COLORS[preset]
-    return _FALLBACK[int(hashlib.sha1(preset.encode()).hexdigest(), 16) % len(_FALLBACK)]
-
-
-def model_label(preset: str) -> str:
-    """Legend label of a preset."""
-    return MODEL_LABELS.get(preset, preset)
-
-
-def model_palette(presets: Sequence[str]) -> dict[str, str]:
-    """``{preset: colour}`` for seaborn's ``palette=``."""
-    return {p: model_color(p) for p in presets}
-
-
-def epoch_shades(preset: str, epochs: Sequence[int]) -> dict[int, Any]:
-    """Shades of the model's colour for the epochs, light (early) to dark (late)."""
-    epochs = sorted(epochs)
-    base = np.array(matplotlib.colors.to_rgb(model_color(preset)))
-    out = {}
-    for i, e in enumerate(epochs):
-        t = i / max(1, len(epochs) - 1)  # 0 = first epoch, 1 = last
-        # Mix with white for early epochs, with black for the last ones.
-        col = (1 - t) * (0.25 * base + 0.75) + t * (0.65 * base)
-        out[e] = tuple(np.clip(col, 0, 1))
-    return out
-
 
 def _models(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df["model"]))
