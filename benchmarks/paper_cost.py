@@ -31,8 +31,9 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from iavutils.analysis import evaluation as ev  # noqa: E402
-from iavutils.analysis import experiments as ex  # noqa: E402
+from iavutils.analysis import disturbance, robustness  # noqa: E402
+from iavutils.analysis import explanations as ev  # noqa: E402
+from iavutils.core.metrics import DEFAULT_FRACTIONS  # noqa: E402
 from iavutils.world.models import REAL_PRESETS, build_model  # noqa: E402
 from iavutils.world.store import atomic_write_json  # noqa: E402
 from iavutils.world.training import RECIPES  # noqa: E402
@@ -85,10 +86,10 @@ def chapter_passes() -> dict[str, dict[str, float]]:
     # One checkpoint analysis: a clean forward (logits, CLS rows) and n noisy input-gradient passes.
     analysis = {"forward": n_img, "input_grad": n_img * n_sg}
     grid = 14
-    jig2 = len(ex._jigsaw_swaps(4)) - 1
-    jigg = len(ex._jigsaw_swaps(grid * grid)) - 1
+    jig2 = len(robustness._jigsaw_swaps(4)) - 1
+    jigg = len(robustness._jigsaw_swaps(grid * grid)) - 1
     num_eval = d["01_generalization_robustness"]["num_eval"]
-    F = len(ev.DEFAULT_FRACTIONS)
+    F = len(DEFAULT_FRACTIONS)
     n8 = d["08_gmar"]["num_images"]
     pix = len(ev.PERTURBATION_METHODS) * 2 * F
     patch = len(ev.PATCH_MASKING_METHODS) * F
@@ -98,9 +99,9 @@ def chapter_passes() -> dict[str, dict[str, float]]:
     return {
         "00_finetune": {"train": E * CIFAR_TRAIN, "forward": (E + 1) * CIFAR_TEST},
         "01_generalization_robustness": {
-            "forward": CIFAR_TEST + num_eval * (len(ex.BLUR_DEGREES) + jig2 + jigg)},
+            "forward": CIFAR_TEST + num_eval * (len(robustness.BLUR_DEGREES) + jig2 + jigg)},
         "02_training_dynamics": {k: analysed * v for k, v in analysis.items()},
-        "03_input_disturbance": {"forward": len(ex.MASK_METHODS) * len(ex.MASK_RATIOS) * n_img},
+        "03_input_disturbance": {"forward": len(disturbance.MASK_METHODS) * len(disturbance.MASK_RATIOS) * n_img},
         "04_global_receptive_field": {},  # cached analyses of chapter 02
         "05_global_iav": {},
         "06_head_roles": {},

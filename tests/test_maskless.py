@@ -14,15 +14,27 @@ import math
 import pytest
 import torch
 
-from iavutils.analysis import ablation as ab
-from iavutils.analysis import evaluation as ev
-from iavutils.analysis import experiments as ex
+from iavutils.analysis import checkpoints as ck
+from iavutils.analysis import class_discrimination as ch07
+from iavutils.analysis import disturbance as ch03
+from iavutils.analysis import dynamics as ch02
+from iavutils.analysis import explanations as ev
+from iavutils.analysis import global_iav as ch05
+from iavutils.analysis import head_ablation as ab
+from iavutils.analysis import head_roles as ch06
+from iavutils.analysis import iavs
+from iavutils.analysis import images
+from iavutils.analysis import receptive_field as ch04
+from iavutils.analysis import robustness as ch01
 from iavutils.analysis import separability as sp
+from iavutils.core import metrics
+from iavutils.core.spec import AnalysisSpec
 from iavutils.publish.explorer import build_explorer, summary_figure, top_heads
 from iavutils.publish.rehearsal import write_cifar10
 
 PRESETS = ["tiny-mim", "tiny-sup"]
-SMALL = dict(num_images=4, n_samples=2, noise_level=0.15, seed=0, target="label", device="cpu", progress=False)
+SMALL = AnalysisSpec(num_images=4, n_samples=2, noise_level=0.15, seed=0, target="label", device="cpu",
+                     progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +47,7 @@ def cifar_run(tmp_path_factory):
     mp.setenv("TQDM_DISABLE", "1")
     run = root / "runs"
     for p in PRESETS:
-        ex.ensure_finetuned(p, "cifar10", run, epochs=1, max_train=32, device="cpu", progress=False)
+        ck.ensure_finetuned(p, "cifar10", run, epochs=1, max_train=32, device="cpu", progress=False)
     yield run
     mp.undo()
 
@@ -43,49 +55,49 @@ def cifar_run(tmp_path_factory):
 def test_load_images_without_masks(cifar_run):
     from iavutils.world.models import PRESETS as INFO
 
-    data = ex.load_images("cifar10", INFO["tiny-sup"], 4, seed=0)
+    data = images.load_images("cifar10", INFO["tiny-sup"], 4, seed=0)
     assert set(data) == {"x", "y", "indices"}
     assert data["x"].shape == (4, 3, 32, 32) and data["y"].dtype == torch.long
-    assert not ex.has_masks("cifar10") and ex.has_masks("embedded")
+    assert not images.has_masks("cifar10") and images.has_masks("embedded")
 
 
 def test_analysis_chapters_02_to_07(cifar_run):
     run = cifar_run
-    common = dict(run_dir=run, **SMALL)
-    r = ex.checkpoint_analysis("tiny-sup", "cifar10", **common)
+    common = dict(run_dir=run, spec=SMALL)
+    r = iavs.checkpoint_analysis("tiny-sup", "cifar10", **common)
     assert "mask" not in r and r["iav"].shape == (4, 6, 4)
     # 01
-    acc = ex.accuracy_table(PRESETS, "cifar10", run_dir=run, device="cpu")
+    acc = ch01.accuracy_table(PRESETS, "cifar10", run_dir=run, spec=AnalysisSpec(device="cpu"))
     assert list(acc.columns) == ["model", "pretraining", "test accuracy (%)"]
-    rob = ex.robustness_curves(PRESETS, "cifar10", run_dir=run, num_eval=4, device="cpu", progress=False)
+    rob = ch01.robustness_curves(PRESETS, "cifar10", run_dir=run, num_eval=4,
+                                 spec=AnalysisSpec(device="cpu", progress=False))
     assert set(rob["shift_kind"]) == {"blur", "jigsaw-2", "jigsaw-grid"}
     # 02, 03, 04
-    dyn = ex.training_dynamics(PRESETS, "cifar10", stride=1, **common)
+    dyn = ch02.training_dynamics(PRESETS, "cifar10", stride=1, **common)
     assert sorted(dyn["epoch"].unique()) == [0, 1]
-    mask = ex.masking_curves(PRESETS, "cifar10", **common)
-    assert set(mask["method"]) == set(ex.MASK_METHODS)
-    assert not ex.entropy_over_epochs(PRESETS, "cifar10", stride=1, **common).empty
-    assert not ex.last_layer_entropy(PRESETS, "cifar10", **common).empty
+    mask = ch03.masking_curves(PRESETS, "cifar10", **common)
+    assert set(mask["method"]) == set(ch03.MASK_METHODS)
+    assert not ch04.entropy_over_epochs(PRESETS, "cifar10", stride=1, **common).empty
+    assert not ch04.last_layer_entropy(PRESETS, "cifar10", **common).empty
     # 05: everything but the AAV with the mask, which is skipped with its reason
-    examples = [ex.example_maps(p, "cifar10", sample=0, **common) for p in PRESETS]
+    examples = [ch07.example_maps(p, "cifar10", sample=0, **common) for p in PRESETS]
     assert all("mask" not in e and e["image"].shape == (32, 32, 3) for e in examples)
-    with pytest.warns(ex.NoMasksWarning, match="cifar10 has no object masks"):
-        scores = ex.global_scores_over_epochs(PRESETS, "cifar10", stride=1, aav_reference="tiny-sup", **common)
+    with pytest.warns(images.NoMasksWarning, match="cifar10 has no object masks"):
+        scores = ch05.global_scores_over_epochs(PRESETS, "cifar10", stride=1, aav_reference="tiny-sup", **common)
     assert set(scores["score"]) == {"IAV", "AAV (tiny-sup)"}
-    uni = ex.uniform_baselines(PRESETS, "cifar10", stride=1, aav_reference="tiny-sup", **common)
+    uni = ch05.uniform_baselines(PRESETS, "cifar10", stride=1, aav_reference="tiny-sup", **common)
     assert set(uni["score"]) == {"IAV", "AAV (tiny-sup)"}
     # 06, 07
-    hs = ex.head_scores(PRESETS, "cifar10", **common)
-    assert not ex.head_type_table(hs).empty
-    assert set(ex.iav_tsne(PRESETS, "cifar10", perplexity=2.0, **common)["model"]) == set(PRESETS)
-    assert not ex.class_separability(PRESETS, "cifar10", **common).empty
-    assert len(ex.class_names("cifar10")) == 10
+    hs = ch06.head_scores(PRESETS, "cifar10", **common)
+    assert not ch06.head_type_table(hs).empty
+    assert set(ch06.iav_tsne(PRESETS, "cifar10", perplexity=2.0, **common)["model"]) == set(PRESETS)
+    assert not ch07.class_separability(PRESETS, "cifar10", **common).empty
+    assert len(images.class_names("cifar10")) == 10
 
 
 def test_gmar_chapter_08_skips_localization_with_reason(cifar_run):
-    kw = {k: v for k, v in SMALL.items()}
-    with pytest.warns(ex.NoMasksWarning, match="localization"):
-        results = {p: ev.run_explanation_eval(p, "cifar10", cifar_run, **kw) for p in PRESETS}
+    with pytest.warns(images.NoMasksWarning, match="localization"):
+        results = {p: ev.run_explanation_eval(p, "cifar10", cifar_run, spec=SMALL) for p in PRESETS}
     assert all("aav_mask" not in r and not any(k.startswith("loc.") for k in r) for r in results.values())
     table = ev.explanation_table(results)
     assert table[table["method"].isin(ev.PERTURBATION_METHODS)]["auc_positive"].notna().all()
@@ -100,16 +112,16 @@ def test_explorer_ablation_separability_09_to_11(cifar_run):
     assert len(maps) == 2 * len(PRESETS)
     summary_figure(maps)
     assert len(top_heads(maps, k=2)) > 0
-    res = {p: ab.run_head_ablation(p, "cifar10", cifar_run, ablation_images=4, **SMALL) for p in PRESETS}
+    res = {p: ab.run_head_ablation(p, "cifar10", cifar_run, ablation_images=4, spec=SMALL) for p in PRESETS}
     frame = ab.ablation_frame(res)
     assert len(frame) == 2 * 6 * 4 and frame["logit_drop"].notna().all()
-    trends = sp.checkpoint_trends(PRESETS, "cifar10", cifar_run, epoch_stride=1, **SMALL)
+    trends = sp.checkpoint_trends(PRESETS, "cifar10", cifar_run, epoch_stride=1, spec=SMALL)
     assert set(trends) == set(PRESETS) and trends["tiny-sup"]["epochs"].tolist() == [0, 1]
     assert not math.isnan(float(trends["tiny-sup"]["global_iav"].double().nanmean()))
 
 
 def test_perturbation_fractions():
-    assert ev.perturbation_fractions(9) == ev.DEFAULT_FRACTIONS
-    assert ev.perturbation_fractions(1) == (0.5,)
+    assert metrics.perturbation_fractions(9) == metrics.DEFAULT_FRACTIONS
+    assert metrics.perturbation_fractions(1) == (0.5,)
     with pytest.raises(ValueError, match="perturbation steps must be an integer >= 1, got 0"):
-        ev.perturbation_fractions(0)
+        metrics.perturbation_fractions(0)

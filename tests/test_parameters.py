@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from iavutils.publish import book
-from iavutils.analysis.parameters import PARAMETERS, ParameterError, check_parameter, check_parameters
+from iavutils.publish import runner
+from iavutils.analysis.parameters import (
+    PARAMETERS,
+    SPEC_PARAMETERS,
+    ParameterError,
+    analysis_spec,
+    check_parameter,
+    check_parameters,
+)
+from iavutils.core.spec import AnalysisSpec
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -114,7 +122,7 @@ def test_run_dir_that_is_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_declared_parameter_is_known(notebook: Path) -> None:
-    declared, unreadable = book.parameter_names(notebook)
+    declared, unreadable = runner.parameter_names(notebook)
     unknown = sorted(declared - set(PARAMETERS))
     assert not unknown, f"{notebook.name} declares {unknown}: add them to iavutils.analysis.parameters.PARAMETERS"
     # A line papermill's parser cannot read (e.g. "a = b" inside a comment) is a parameter that
@@ -142,3 +150,27 @@ def test_every_analysis_chapter_has_finetune_and_goes_through_finetuned_models(n
     assert setup.index("finetuned_models(model") < setup.index("import matplotlib")  # before the heavy imports
     assert f'notebook="{notebook.stem}"' in setup
     assert "models_in_run" not in "".join("".join(c["source"]) for c in nb["cells"])
+
+
+def test_analysis_spec_from_a_notebooks_parameters() -> None:
+    import iavutils.analysis.parameters as parameters
+    import iavutils.core.spec as spec_module
+
+    assert parameters.NOISE_MODES == spec_module.NOISE_MODES  # the literal copy agrees
+    assert set(SPEC_PARAMETERS) <= set(PARAMETERS) and set(SPEC_PARAMETERS) < {f for f in AnalysisSpec.__dataclass_fields__}
+    # A notebook's namespace: its analysis parameters are taken, the rest is ignored.
+    namespace = {"model": "tiny", "num_images": 8, "n_samples": 3, "seed": 2, "progress": "a module", "example": 0}
+    assert analysis_spec(namespace) == AnalysisSpec(num_images=8, n_samples=3, seed=2)
+    assert analysis_spec(namespace, device="cpu", progress=False) == AnalysisSpec(
+        num_images=8, n_samples=3, seed=2, device="cpu", progress=False)
+    assert analysis_spec() == AnalysisSpec()  # the defaults live in AnalysisSpec only
+    # The same errors as check_parameters.
+    for name, value, _, message in CASES:
+        if name in SPEC_PARAMETERS:
+            with pytest.raises(ParameterError) as info:
+                analysis_spec({name: value})
+            assert message in str(info.value)
+    with pytest.raises(ParameterError, match=r"parameter noise = 'uniform' is not accepted \(not one of the choices\)"):
+        analysis_spec(noise="uniform")
+    with pytest.raises(TypeError, match="unknown parameter"):
+        analysis_spec(num_image=8)

@@ -1,4 +1,4 @@
-"""Using a chapter the way the README says: missing finetuning (iavutils.analysis.experiments.finetuned_models)
+"""Using a chapter the way the README says: missing finetuning (iavutils.analysis.runs.finetuned_models)
 and which models the figures show.
 
 Every analysis chapter calls ``finetuned_models`` in its setup cell: a model without a complete
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from fake_runs import write_fake_run
 
-from iavutils.analysis import experiments as ex
+from iavutils.analysis import checkpoints
+from iavutils.analysis import runs as ex
 
 REPO = Path(__file__).resolve().parents[1]
 # The issue's bar for `papermill notebooks/05_global_iav.ipynb out.ipynb -p model beit` offline.
@@ -41,7 +42,7 @@ def fake_finetune(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(preset)
         write_fake_run(Path(run_dir), preset)
 
-    monkeypatch.setattr(ex, "ensure_finetuned", fake)
+    monkeypatch.setattr(checkpoints, "ensure_finetuned", fake)
     return calls
 
 
@@ -160,10 +161,12 @@ def test_the_setup_cells_first_step_imports_no_torch(tmp_path: Path) -> None:
     code = f"""
 import sys
 from iavutils.analysis.parameters import check_parameters
+from iavutils.analysis.parameters import analysis_spec
 from iavutils.analysis.runs import FinetuningRequired, finetuned_models
 check_parameters(dict(model="beit", run_dir="", dataset="auto", num_images=64, n_samples=25, noise_level=0.15,
                       device="auto", seed=0, finetune="auto", target="label", epoch_stride=2, example=0,
                       aav_reference="auto", recipe=""))
+spec = analysis_spec(dict(num_images=64, n_samples=25, noise_level=0.15, device="auto", seed=0, target="label"))
 try:
     finetuned_models("beit", run_dir={str(tmp_path)!r}, notebook="05_global_iav")
 except FinetuningRequired:

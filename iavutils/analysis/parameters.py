@@ -11,6 +11,9 @@ accepted values); ``tests/test_parameters.py`` checks that every name in a noteb
 ``parameters`` cell is in it, so a new parameter cannot escape validation. The module imports
 no torch (only ``device`` values other than ``"auto"`` are checked with it), so that the check
 runs before the chapters' heavy imports.
+
+:func:`analysis_spec` turns a notebook's analysis parameters into the one
+:class:`~iavutils.core.spec.AnalysisSpec` its chapter functions take, with the same checks.
 """
 
 from __future__ import annotations
@@ -20,9 +23,24 @@ import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Parameter", "ParameterError", "PARAMETERS", "check_parameters", "check_parameter"]
+if TYPE_CHECKING:
+    from ..core.spec import AnalysisSpec
+
+__all__ = [
+    "Parameter",
+    "ParameterError",
+    "PARAMETERS",
+    "SPEC_PARAMETERS",
+    "check_parameters",
+    "check_parameter",
+    "analysis_spec",
+]
+
+#: Literal copy of :data:`iavutils.core.spec.NOISE_MODES` (no import of the core here);
+#: ``tests/test_parameters.py`` checks that they agree.
+NOISE_MODES: tuple[str, ...] = ("gaussian", "antithetic", "quasi")
 
 
 class ParameterError(ValueError):
@@ -212,6 +230,10 @@ def _table() -> dict[str, Parameter]:
                   "SmoothGrad noisy copies per image", _int_at_least(1)),
         Parameter("noise_level", "a finite number >= 0 (0: plain gradients; the IAV author's convention: 0.15)",
                   "SmoothGrad noise as a fraction of the image's value range", _real(0.0, lo_open=False)),
+        Parameter("noise", f"one of {', '.join(repr(m) for m in NOISE_MODES)} (the IAV author's convention: "
+                  "'gaussian')",
+                  "the SmoothGrad noise stream (gaussian: independent draws; antithetic: pairs +eps, -eps; quasi: "
+                  "randomly shifted scrambled Sobol points)", _choice(*NOISE_MODES)),
         Parameter("device", "'auto', 'cpu', 'cuda' or 'cuda:<index>' (CUDA only where available)",
                   "where to compute", _device),
         Parameter("seed", "an integer >= 0", "seeds the image subset and the noise", _int_at_least(0)),
@@ -308,3 +330,40 @@ def check_parameters(values: Mapping[str, Any], names: Any = None) -> None:
             problems.append(_message(p, values[name], reason))
     if problems:
         raise ParameterError("\n".join(problems))
+
+
+#: The notebook parameters that are fields of :class:`~iavutils.core.spec.AnalysisSpec`.
+SPEC_PARAMETERS: tuple[str, ...] = ("num_images", "n_samples", "noise_level", "noise", "seed", "target", "device")
+
+
+def analysis_spec(values: Mapping[str, Any] | None = None, /, **parameters: Any) -> AnalysisSpec:
+    """The analysis specification of a notebook's parameters, checked as :func:`check_parameters` does.
+
+    A chapter builds it in one line after its parameters cell, ``spec = analysis_spec(globals())``,
+    and passes ``spec`` to every chapter function; a parameter the notebook does not declare
+    takes the default of :class:`~iavutils.core.spec.AnalysisSpec` (the defaults live there only).
+
+    Args:
+        values: A notebook's namespace (or any mapping): the names of :data:`SPEC_PARAMETERS`
+            found in it are taken, every other name is ignored.
+        **parameters: Analysis parameters by name (they override ``values``): the names of
+            :data:`SPEC_PARAMETERS`, and ``progress`` (show progress in the terminal).
+
+    Returns:
+        The :class:`~iavutils.core.spec.AnalysisSpec`.
+
+    Raises:
+        ParameterError: A value is not accepted (the message of :func:`check_parameters`: the
+            parameter, the value, what is accepted and what the parameter means).
+        TypeError: A keyword that is no analysis parameter.
+    """
+    unknown = sorted(set(parameters) - {*SPEC_PARAMETERS, "progress"})
+    if unknown:
+        raise TypeError(f"analysis_spec() got unknown parameter(s) {unknown}; the analysis parameters are "
+                        f"{', '.join(SPEC_PARAMETERS)} and progress")
+    chosen = {k: v for k, v in (values or {}).items() if k in SPEC_PARAMETERS}
+    chosen.update(parameters)
+    check_parameters(chosen, names=[n for n in SPEC_PARAMETERS if n in chosen])
+    from ..core.spec import AnalysisSpec  # light: a dataclass, no torch
+
+    return AnalysisSpec(**chosen)
