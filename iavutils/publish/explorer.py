@@ -1,4 +1,4 @@
-"""The layer × head explorer: browse one image's attention maps, SmoothGrad and IAV head by head.
+"""The layer × head explorer widget: browse one image's attention maps, SmoothGrad and IAV head by head.
 
 For each model and image the explorer pre-renders one small composite PNG per (layer, head):
 
@@ -14,10 +14,12 @@ JupyterLab. Python callbacks (``observe``/``interact``) would do nothing in the 
 
 Numbering follows the rest of the book: layers from 1 (as in the paper), heads from 0.
 
-The module is split in three layers, each usable alone:
+The numbers are analysis (:mod:`iavutils.analysis.head_maps`: :class:`HeadMaps`, computed and
+cached by chapter 05's path, so image ``i``'s SmoothGrad equals chapter 05's); this module is
+the publishing side, each piece usable alone:
 
-* :func:`compute_head_maps` — the numbers (core functions only),
-* :func:`render_composites` / :func:`summary_figure` — pure rendering to PNG bytes / a figure,
+* :func:`render_composites` / :func:`summary_figure` / :func:`top_heads` — pure rendering to
+  PNG bytes / a figure / a table,
 * :func:`explorer_widget` — the widget wiring,
 
 and :func:`build_explorer`, what the notebook calls: load the finetuned checkpoints, compute
@@ -27,226 +29,23 @@ and :func:`build_explorer`, what the notebook calls: load the finetuned checkpoi
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+
+from ..analysis.head_maps import HeadMaps, load_head_maps, parse_indices
+from ..core.spec import AnalysisSpec
 
 __all__ = [
-    "HeadMaps",
-    "compute_head_maps",
-    "load_head_maps",
     "render_composites",
     "png_bytes",
     "summary_figure",
     "top_heads",
     "explorer_widget",
     "build_explorer",
-    "parse_indices",
 ]
-
-
-@dataclass
-class HeadMaps:
-    """What the explorer shows for one image of one model.
-
-    Attributes:
-        preset: model preset.
-        image_index: index of the image in its split.
-        image: pixels in [0, 1], ``[H,W,3]``.
-        label: ground-truth class.
-        prediction: the model's predicted class.
-        target: the class SmoothGrad explains.
-        smoothgrad: SmoothGrad map ``[H,W]`` (non-negative).
-        cls_attn: each head's class-token attention over the patches, ``[L,H,gh,gw]``.
-        scores: IA-Scores ``[L,H]`` (the image's IAV; NaN where undefined).
-        class_names: names of the classes, if known.
-        pretraining: ``"supervised"`` / ``"self-supervised"`` (for captions).
-        n_samples: SmoothGrad samples used.
-        noise_level: SmoothGrad noise level used.
-    """
-
-    preset: str
-    image_index: int
-    image: np.ndarray
-    label: int
-    prediction: int
-    target: int
-    smoothgrad: np.ndarray
-    cls_attn: np.ndarray
-    scores: np.ndarray
-    class_names: tuple[str, ...] = ()
-    pretraining: str = ""
-    n_samples: int = 25
-    noise_level: float = 0.15
-
-    @property
-    def num_layers(self) -> int:
-        """Number of transformer blocks ``L``."""
-        return int(self.scores.shape[0])
-
-    @property
-    def num_heads(self) -> int:
-        """Heads per block ``H``."""
-        return int(self.scores.shape[1])
-
-    def class_name(self, c: int) -> str:
-        """Name of class ``c`` (its number if names are unknown)."""
-        return self.class_names[c] if 0 <= c < len(self.class_names) else str(c)
-
-
-# ----------------------------------------------------------------------------- numbers
-
-
-def compute_head_maps(
-    model: nn.Module,
-    x: Tensor,
-    target: int | None = None,
-    n_samples: int = 25,
-    noise_level: float = 0.15,
-    seed: int = 0,
-) -> dict[str, Tensor]:
-    """Attention, SmoothGrad and IA-Scores of one image, with the core functions.
-
-    Args:
-        model: a timm ViT (eval mode is set for the computation).
-        x: one model-normalised image ``[1,3,H,W]`` on the model's device.
-        target: the class SmoothGrad explains; ``None``: the predicted class.
-        n_samples: SmoothGrad samples.
-        noise_level: SmoothGrad noise level (fraction of the image's value range).
-        seed: seeds the SmoothGrad noise.
-
-    Returns:
-        CPU tensors: ``logits [C]``, ``smoothgrad [H,W]``, ``cls_attn [L,H,P]``,
-        ``scores [L,H]``, ``target []``.
-    """
-    import iavutils as iu
-
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"expected one image [1,3,H,W], got {tuple(x.shape)}")
-    geo = iu.model_geometry(model)
-    with torch.no_grad():
-        logits, attn = iu.record_attention(model, x)
-    cls = iu.cls_attention(attn, geo.num_prefix_tokens)  # [1,L,H,P]
-    t = int(logits.argmax(-1)) if target is None else int(target)
-    g = torch.Generator().manual_seed(int(seed))
-    sg = iu.smoothgrad(model, x, t, n_samples=n_samples, noise_level=noise_level, generator=g)
-    scores = iu.ia_score(iu.patch_pool(sg, geo.grid), cls)  # [1,L,H]
-    return {
-        "logits": logits[0].detach().float().cpu(),
-        "smoothgrad": sg[0].detach().float().cpu(),
-        "cls_attn": cls[0].detach().float().cpu(),
-        "scores": scores[0].detach().float().cpu(),
-        "target": torch.tensor(t),
-    }
-
-
-def parse_indices(image_index: int | str | Sequence[int]) -> list[int]:
-    """``3``, ``"3"``, ``"0,5,9"`` or ``[0, 5]`` -> a list of image indices."""
-    if isinstance(image_index, str):
-        out = [int(s) for s in image_index.split(",") if s.strip()]
-    elif isinstance(image_index, int):
-        out = [image_index]
-    else:
-        out = [int(i) for i in image_index]
-    if not out:
-        raise ValueError(f"no image index in {image_index!r}")
-    return list(dict.fromkeys(out))
-
-
-def load_head_maps(
-    preset: str,
-    dataset: str,
-    run_dir: str,
-    image_indices: Sequence[int],
-    n_samples: int = 25,
-    noise_level: float = 0.15,
-    seed: int = 0,
-    device: str = "auto",
-    target: str = "label",
-    epoch: int | None = None,
-) -> list[HeadMaps]:
-    """Load a finetuned checkpoint and compute (or read from the run's cache) its head maps.
-
-    Args:
-        preset: model preset; it must have been finetuned on ``dataset`` in ``run_dir``
-            (``00_finetune``).
-        dataset: ``"embedded"`` or ``"cifar10"``.
-        run_dir: the run directory.
-        image_indices: images of the held-out split (``val`` for embedded data, else ``test``).
-        n_samples: SmoothGrad samples.
-        noise_level: SmoothGrad noise level.
-        seed: seeds the SmoothGrad noise.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        target: ``"label"`` (explain the ground-truth class, as the other chapters do) or
-            ``"predicted"``.
-        epoch: checkpoint epoch; ``None``: the last one.
-
-    Returns:
-        One :class:`HeadMaps` per image.
-
-    Raises:
-        FileNotFoundError: the preset has no checkpoint in the run directory.
-    """
-    from ..analysis import experiments as ex
-    from ..world.data import get_dataset
-    from ..world.store import ResultStore
-    from ..world.training import list_checkpoints, load_checkpoint
-
-    if target not in ("label", "predicted"):
-        raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
-    root = ex.resolve_run_dir(run_dir)
-    ckpts = dict(list_checkpoints(str(root), dataset, preset))
-    if not ckpts:
-        raise FileNotFoundError(
-            f"no checkpoints of {preset!r} on {dataset!r} in {root}: run notebooks/00_finetune first")
-    epoch = max(ckpts) if epoch is None else int(epoch)
-    dev = ex.resolve_device(device)
-    model, info = load_checkpoint(str(root), dataset, preset, epoch=epoch)
-    model = model.to(dev).eval()
-    split = ex.default_split(dataset)
-    ds = get_dataset(dataset, split=split, info=info)
-    names = tuple(getattr(ds, "classes", ()) or ())
-    store = ResultStore(root)
-    fingerprint = ex.checkpoint_fingerprint(ckpts[epoch])
-    out = []
-    for i in image_indices:
-        if not 0 <= i < len(ds):
-            raise IndexError(f"image_index {i} outside the {split} split of {dataset} (n={len(ds)})")
-        item = ds[i]
-        x, y = item[0].unsqueeze(0), int(item[1])
-        key = {"preset": preset, "dataset": dataset, "split": split, "epoch": epoch,
-               "checkpoint": fingerprint, "image_index": int(i), "n_samples": int(n_samples),
-               "noise_level": float(noise_level), "seed": int(seed), "target": target, "version": 1}
-
-        def compute(x: Tensor = x, y: int = y) -> dict[str, Tensor]:
-            return compute_head_maps(model, x.to(dev), None if target == "predicted" else y,
-                                     n_samples=n_samples, noise_level=noise_level, seed=seed)
-
-        r = store.cached("explorer_head_maps", key, compute)
-        gh, gw = info.grid if hasattr(info, "grid") else _square_grid(r["cls_attn"].shape[-1])
-        L, H, _ = r["cls_attn"].shape
-        out.append(HeadMaps(
-            preset=preset, image_index=int(i),
-            image=info.denormalize(x[0]).clamp(0, 1).permute(1, 2, 0).numpy(),
-            label=y, prediction=int(r["logits"].argmax()), target=int(r["target"]),
-            smoothgrad=r["smoothgrad"].numpy(), cls_attn=r["cls_attn"].reshape(L, H, gh, gw).numpy(),
-            scores=r["scores"].numpy(), class_names=names,
-            pretraining=getattr(info, "pretraining", ""), n_samples=int(n_samples),
-            noise_level=float(noise_level),
-        ))
-    return out
-
-
-def _square_grid(p: int) -> tuple[int, int]:
-    s = int(round(math.sqrt(p)))
-    if s * s != p:
-        raise ValueError(f"cannot infer the patch grid of {p} patches")
-    return s, s
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -554,11 +353,13 @@ def build_explorer(
     run_dir: str,
     dataset: str,
     image_index: int | str | Sequence[int] = 0,
-    n_samples: int = 25,
-    noise_level: float = 0.15,
-    device: str = "auto",
-    seed: int = 0,
-    target: str = "label",
+    spec: AnalysisSpec | None = None,
+    *,
+    n_samples: int | None = None,
+    noise_level: float | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    target: str | None = None,
     panel_px: int | None = None,
     include_run_models: bool = True,
 ) -> tuple[Any, list[HeadMaps]]:
@@ -567,14 +368,17 @@ def build_explorer(
     Args:
         model: a preset or comma-separated presets (``"tiny"``/``"real"`` expand).
         run_dir: the run directory (``""``: the default, see
-            :func:`iavutils.analysis.experiments.resolve_run_dir`).
+            :func:`iavutils.analysis.runs.resolve_run_dir`).
         dataset: ``"embedded"``, ``"cifar10"`` or ``"auto"`` (embedded for tiny presets).
         image_index: image(s) of the held-out split: an int or ``"0,5,9"``.
-        n_samples: SmoothGrad samples.
-        noise_level: SmoothGrad noise level.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        seed: seeds the SmoothGrad noise.
-        target: ``"label"`` or ``"predicted"`` (the class SmoothGrad explains).
+        spec: the analysis specification (``None``: the defaults of
+            :class:`~iavutils.core.spec.AnalysisSpec`); the keywords below override its fields.
+        n_samples: SmoothGrad samples (``None``: the spec's).
+        noise_level: SmoothGrad noise level (``None``: the spec's).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``... (``None``: the spec's).
+        seed: seeds the SmoothGrad noise of image ``i`` as ``image_seed(seed, i)``, as chapter
+            05 does (``None``: the spec's).
+        target: ``"label"`` or ``"predicted"``, the class SmoothGrad explains (``None``: the spec's).
         panel_px: panel height of the composites in pixels; ``None``/0: smaller for bigger
             ``L × H`` so that the page stays a few MB.
         include_run_models: also show every other model finetuned on ``dataset`` in the run
@@ -583,20 +387,22 @@ def build_explorer(
     Returns:
         ``(widget, maps)``.
     """
+    from ..analysis.checkpoints import models_in_run
+    from ..analysis.runs import parse_models, resolve_dataset
     from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
-    from ..analysis import experiments as ex
-
-    presets = ex.parse_models(model)
-    dataset = ex.resolve_dataset(dataset, presets)
+    overrides = {"n_samples": n_samples, "noise_level": noise_level, "device": device, "seed": seed,
+                 "target": target}
+    spec = (AnalysisSpec() if spec is None else spec).replace(
+        **{k: v for k, v in overrides.items() if v is not None})
+    presets = parse_models(model)
+    dataset = resolve_dataset(dataset, presets)
     if include_run_models:
-        presets = ex.models_in_run(presets, dataset, run_dir)
+        presets = models_in_run(presets, dataset, run_dir)
     indices = parse_indices(image_index)
     all_maps: list[HeadMaps] = []
     for preset in tqdm(presets, desc="explorer: models"):
-        all_maps.extend(load_head_maps(preset, dataset, run_dir, indices, n_samples=n_samples,
-                                       noise_level=noise_level, seed=seed, device=device,
-                                       target=target))
+        all_maps.extend(load_head_maps(preset, dataset, run_dir, indices, spec))
     total_heads = sum(m.num_layers * m.num_heads for m in all_maps)
     if not panel_px:
         # ~8 KB per composite at 130 px: the tiny run (96 heads) stays near 1 MB, the real one

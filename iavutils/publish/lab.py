@@ -9,7 +9,7 @@ the Python that runs this module, the project's ``.venv``: jupyter_client starts
 ``python3`` kernel spec's ``python`` as the server's own interpreter, and the environment's
 kernel specs are preferred to the user's (``JUPYTER_PREFER_ENV_PATH``). The notebooks find the
 run directory from the repository, not the working directory
-(:func:`iavutils.analysis.experiments.resolve_run_dir`), so ``$IAV_RUN_DIR`` and ``runs/`` mean the same
+(:func:`iavutils.analysis.runs.resolve_run_dir`), so ``$IAV_RUN_DIR`` and ``runs/`` mean the same
 here as for ``make book``.
 
 Nothing leaves the machine: no news feed (nor the prompt asking to fetch it), no update check,
