@@ -10,7 +10,7 @@ from timm.models.beit import Beit
 from timm.models.vision_transformer import VisionTransformer
 
 from iavutils.world import models
-from iavutils.publish.rehearsal import timm_beit_to_hf
+from iavutils.publish.rehearsal_hub import timm_beit_to_hf
 from iavutils.world.models import (
     PRESETS,
     REAL_PRESETS,
