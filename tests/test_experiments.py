@@ -146,11 +146,7 @@ def _reference_iavs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sp
     """The straightforward reference of compute_iavs: every block's attention recorded, and the
     oracle SmoothGrad with the generator contract (noise seeds from ``Generator(seed)``)."""
     import iavutils as iu
-
-    try:
-        from oracles import smoothgrad_reference  # tests/oracles.py: the reference implementations
-    except ImportError:  # until tests/oracles.py exists, core.attribution.smoothgrad is the reference
-        from iavutils.core.attribution import smoothgrad as smoothgrad_reference
+    from oracles import smoothgrad as smoothgrad_reference  # tests/oracles.py: the reference implementations
 
     geo = iu.model_geometry(model)
     _, attn = iu.record_attention(model, x)
