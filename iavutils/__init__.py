@@ -14,12 +14,14 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
+    # the analysis specification (every knob of an IAV analysis, its defaults, the cache key)
+    "AnalysisSpec": "core.spec",
     # hook plumbing and model geometry
     "record_attention": "core.hooks",
     "AttentionRecorder": "core.hooks",
-    "model_geometry": "core.hooks",
-    "ModelGeometry": "core.hooks",
-    # attributions
+    "model_geometry": "core.geometry",
+    "ModelGeometry": "core.geometry",
+    # attributions (smoothgrad is the chunked, input-only-gradient engine)
     "smoothgrad": "core.attribution",
     "gradcam": "core.attribution",
     "patch_pool": "core.attribution",
@@ -38,9 +40,12 @@ _EXPORTS: dict[str, str] = {
     "gradient_rollout": "core.rollout",
     "gmar_from_grads": "core.rollout",
     "gradient_rollout_from_grads": "core.rollout",
-    "noise_stream": "core.attribution",
-    "noise_seeds": "core.attribution",
-    "UnsupportedModelError": "core.hooks",
+    "attention_and_grads": "core.rollout",
+    # the SmoothGrad noise contract and the dataset seeding rule
+    "noise_stream": "core.noise",
+    "noise_seeds": "core.noise",
+    "image_seed": "core.noise",
+    "UnsupportedModelError": "core.geometry",
     # the embedded world and the real presets
     "load_model": "world.models",
     "ModelInfo": "world.models",
@@ -53,19 +58,17 @@ _EXPORTS: dict[str, str] = {
     "ResultStore": "world.store",
     "atomic_write": "world.store",
     # explanation quality and the paper's open questions
-    "perturbation_curve": "analysis.evaluation",
-    "localization_metrics": "analysis.evaluation",
-    "explanation_maps": "analysis.evaluation",
-    "evaluate_explanations": "analysis.evaluation",
+    "perturbation_curve": "core.metrics",
+    "localization_metrics": "core.metrics",
+    "explanation_maps": "analysis.explanations",
+    "evaluate_explanations": "analysis.explanations",
     "ablate_heads": "analysis.ablation",
     "head_ablation": "analysis.ablation",
     "group_ablation": "analysis.ablation",
     "separability_test": "analysis.separability",
     "trend_features": "analysis.separability",
-    # the fast engine (same numbers as the reference, fewer passes over memory)
-    "iav_fast": "core.engine",
-    "iav_dataset": "core.engine",
-    "smoothgrad_fast": "core.engine",
+    # sweeps over a dataset (image i's noise seeded by image_seed(seed, i))
+    "iav_dataset": "core.sweep",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

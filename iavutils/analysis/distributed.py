@@ -1,10 +1,10 @@
 """Data-parallel IAV sweeps with ``torchrun`` (PyTorch distributed).
 
 Each rank takes a strided shard of the dataset indices, computes its IAVs with
-:func:`iavutils.core.engine.iav_dataset`, and the shards are gathered to rank 0, which puts them in
+:func:`iavutils.core.sweep.iav_dataset`, and the shards are gathered to rank 0, which puts them in
 index order and writes them atomically into the results store (:class:`iavutils.world.store.ResultStore`).
 The noise of every image is seeded from ``(seed, dataset index)`` only
-(:func:`iavutils.core.engine.image_seed`), so the result is the same for any number of ranks.
+(:func:`iavutils.core.noise.image_seed`), so the result is the same for any number of ranks.
 
 Backends: ``nccl`` when CUDA is available (one GPU per rank, ``cuda:LOCAL_RANK``), ``gloo`` on
 CPU. Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) it runs as a single process.
@@ -29,7 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..core.engine import NOISE_MODES, iav_dataset
+from ..core.noise import NOISE_MODES
+from ..core.spec import AnalysisSpec
+from ..core.sweep import iav_dataset
 
 __all__ = ["gather_shards", "init_distributed", "main", "shard_indices", "sweep", "sweep_key"]
 
@@ -124,7 +126,7 @@ def sweep(
         rank, world_size: from :func:`init_distributed`.
         device: this rank's device.
         progress: tqdm on rank 0 only.
-        **engine_kw: passed to :func:`iavutils.core.engine.iav_dataset` (``n_samples``,
+        **engine_kw: passed to :func:`iavutils.core.sweep.iav_dataset` (``n_samples``,
             ``noise_level``, ``seed``, ``noise``, ``target``, ``chunk_size``, ``autocast`` …).
 
     Returns:
@@ -171,11 +173,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--split", default="val")
     ap.add_argument("--data-root", default=None, help="CIFAR-10 directory")
     ap.add_argument("--num-images", type=int, default=None, help="first N images (default: all)")
-    ap.add_argument("--n-samples", type=int, default=25)
-    ap.add_argument("--noise-level", type=float, default=0.15)
-    ap.add_argument("--noise", choices=NOISE_MODES, default="gaussian")
+    spec = AnalysisSpec()  # the defaults are declared there only
+    ap.add_argument("--n-samples", type=int, default=spec.n_samples)
+    ap.add_argument("--noise-level", type=float, default=spec.noise_level)
+    ap.add_argument("--noise", choices=NOISE_MODES, default=spec.noise)
     ap.add_argument("--target", choices=("pred", "label"), default="pred")
-    ap.add_argument("--seed", type=int, default=0, help="base seed; image i uses image_seed(seed, i)")
+    ap.add_argument("--seed", type=int, default=spec.seed, help="base seed; image i uses image_seed(seed, i)")
     ap.add_argument("--run-dir", default="runs")
     ap.add_argument("--checkpoint-epoch", type=int, default=None, help="use a finetuned checkpoint from --run-dir")
     ap.add_argument("--num-classes", type=int, default=None,

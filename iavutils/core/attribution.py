@@ -1,27 +1,54 @@
 """Input attributions: SmoothGrad (and plain saliency), GradCAM for ViTs, patch pooling.
 
+:func:`smoothgrad` is the one SmoothGrad implementation, built for throughput without changing
+the numbers (why each step is safe):
+
+* **Samples of different images share chunks** (:mod:`iavutils.core.chunking`): the ``B·n``
+  noisy copies are laid out image-major and cut into balanced chunks sized for the device.
+* **The last block runs on the prefix rows only** for token-pooled timm ViTs
+  (:mod:`iavutils.core.forward`).
+* **Gradients only w.r.t. the input.** Parameters' ``requires_grad`` is switched off for the
+  duration (:func:`~iavutils.core.hooks.frozen_params`), so autograd neither saves weight-grad
+  inputs nor computes weight gradients; the attribution is pooled to patches per chunk, so
+  nothing pixel-sized and ``B·n``-sized is ever held.
+* **Noise** comes from :class:`~iavutils.core.noise.NoiseStream`: ``"gaussian"`` (default) follows
+  the SmoothGrad noise-stream contract of ``ARCHITECTURE.md`` bit for bit, so the result does
+  not depend on the chunking beyond float summation order.
+
 Gradients come from ``torch.autograd.grad`` only (parameters' ``.grad`` is never touched);
 the model runs in eval mode and every module's train/eval flag is restored afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hooks import check_grad_mode, check_input, eval_mode, grad_input, model_geometry
+from .chunking import resolve_plan
+from .forward import gradient_forward
+from .geometry import UnsupportedModelError, check_grad_mode, check_input, grad_input, model_geometry
+from .hooks import autocast as autocast_ctx
+from .hooks import eval_mode, frozen_params, record_output
+from .noise import NoiseStream, noise_seeds, noise_stream
+from .spec import AnalysisSpec
 
 __all__ = [
+    "check_target",
     "gradcam",
     "noise_seeds",
     "noise_stream",
     "patch_pool",
-    "check_target",
     "resolve_target",
     "smoothgrad",
+    "smoothgrad_passes",
 ]
+
+# the defaults are declared once, in the analysis specification
+_D = AnalysisSpec()
 
 
 _TARGET_FORMS = "None or 'predicted' (the predicted class), an int class index, or an integer tensor of shape [B]"
@@ -128,69 +155,183 @@ def resolve_target(target: int | Tensor | None, logits: Tensor) -> Tensor:
     return t
 
 
-def noise_seeds(batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-    """Per-image seeds of the SmoothGrad noise stream (ARCHITECTURE.md contract).
+def smoothgrad_passes(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    n_samples: int = _D.n_samples,
+    noise_level: float = _D.noise_level,
+    generator: torch.Generator | None = None,
+    *,
+    seeds: Tensor | None = None,
+    noise: str = _D.noise,
+    chunk_size: int | str | None = "auto",
+    memory_budget: int | None = None,
+    autocast: Any = None,
+    compile: bool | str = False,
+    grid: tuple[int, int] | None = None,
+    checkpoints: Sequence[int] | None = None,
+    return_pixels: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """SmoothGrad of ``target`` logits, chunked across images, pooled to patches per chunk.
+
+    The engine behind :func:`smoothgrad` and :func:`~iavutils.core.scores.iav`, returning
+    everything it can measure in one run.
 
     Args:
-        batch_size: Number of images ``B``.
-        generator: CPU generator; ``None`` draws from torch's global RNG.
+        model: the ViT (left in the train/eval mode and ``requires_grad`` state it came in);
+            any classifier when only ``pixels`` are wanted (``return_pixels=True``, no
+            ``checkpoints``).
+        x: ``[B,3,H,W]`` model-normalised images.
+        target: ``[B]`` long class indices.
+        n_samples: noisy copies per image.
+        noise_level: ``σ_b = noise_level·(max(x_b) − min(x_b))``; 0 gives the plain gradient.
+        generator: draws the per-image seeds (contract of ``ARCHITECTURE.md``).
+        seeds: ``[B]`` per-image seeds, overriding ``generator`` (used by sweeps so that the
+            noise of an image depends only on its dataset index).
+        noise: ``"gaussian"`` (default, the reference stream), ``"antithetic"`` or ``"quasi"``.
+        chunk_size: samples per gradient chunk, or ``"auto"`` (``auto_chunk_size``).
+        memory_budget: bytes for ``"auto"``.
+        autocast: e.g. ``torch.bfloat16`` to run the passes under autocast.
+        compile: ``torch.compile`` the forward used by the gradient passes (``True`` = inductor,
+            or a backend name such as ``"eager"``). Compilation is cached per model; on CPU it
+            took minutes here for ~15 % gain, so it pays only for long sweeps.
+        grid: patch grid for pooling; defaults to the model's (none for a non-ViT model).
+        checkpoints: sample counts (each ≤ ``n_samples``) at which to also report the running
+            mean — the estimate that ``n=k`` would give (prefixes of every noise mode are valid
+            samples of that mode), for convergence studies.
+        return_pixels: also return the ``[B,H,W]`` pixel attribution.
+        progress: tqdm over chunks.
 
     Returns:
-        ``[B]`` int64 seeds in ``[0, 2**62)``.
+        dict with ``patches`` ``[B,P]`` (absent without a grid), optionally ``pixels``
+        ``[B,H,W]``, ``checkpoints`` ``{k: [B,P]}``, the ``plan`` used and the ``seeds``.
+
+    Raises:
+        ValueError: Bad input, ``n_samples < 1``, ``noise_level < 0``, no explicit target, or
+            a target class out of range.
     """
-    return torch.randint(0, 2**62, (batch_size,), generator=generator)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if noise_level < 0:
+        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    check_input(model, x)
+    check_grad_mode("smoothgrad")
+    B, C_in, Hh, Ww = x.shape
+    device = x.device
+    if grid is None:
+        try:
+            grid = model_geometry(model).grid
+        except UnsupportedModelError:
+            # any classifier has pixels; patches need a ViT's grid
+            if not return_pixels or checkpoints:
+                raise
+    spec = check_target(target, B)
+    if spec is None:
+        raise ValueError(
+            "smoothgrad_passes needs explicit target classes (an int or an integer [B] tensor); "
+            "smoothgrad(target=None) and iav(target=None) use the predicted class"
+        )
+    target = torch.full((B,), spec, dtype=torch.long, device=device) if isinstance(spec, int) else spec.to(device)
+    ph, pw = (Hh // grid[0], Ww // grid[1]) if grid is not None else (1, 1)
+    seeds = noise_seeds(B, generator) if seeds is None else torch.as_tensor(seeds, dtype=torch.long)
+    if seeds.numel() != B:
+        raise ValueError("need one seed per image")
+    xd = x.detach()
+    sigma = noise_level * (xd.flatten(1).amax(1) - xd.flatten(1).amin(1))  # [B]
+    total = B * n_samples
+    plan = resolve_plan(model, (C_in, Hh, Ww), total, device, chunk_size, memory_budget, autocast)
+    stream = NoiseStream(seeds, (C_in, Hh, Ww), n_samples, noise)
+    marks = sorted(set(int(k) for k in (checkpoints or ()) if 0 < int(k) <= n_samples))
 
+    P = grid[0] * grid[1] if grid is not None else 0
+    acc = torch.zeros(B, P, dtype=torch.float32, device=device)
+    acc_pix = torch.zeros(B, Hh, Ww, dtype=torch.float32, device=device) if return_pixels else None
+    snaps: dict[int, Tensor] = {}
+    if marks:
+        # running sums per checkpoint: sample k contributes to every mark > k
+        mark_t = torch.tensor(marks, device=device)
+        snap_acc = torch.zeros(len(marks), B, P, dtype=torch.float32, device=device)
 
-def noise_stream(
-    x: Tensor,
-    n_samples: int,
-    noise_level: float,
-    generator: torch.Generator | None = None,
-) -> Iterator[tuple[int, int, Tensor]]:
-    """Yield SmoothGrad's noisy copies in the order ``(b, k)``, ``b`` major.
+    fwd = gradient_forward(model, compile)
+    it = range(len(plan.sizes))
+    if progress:
+        from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
-    The contract (ARCHITECTURE.md, "SmoothGrad noise stream"): ``seeds = noise_seeds(B,
-    generator)``; image ``b`` gets a CPU generator seeded with ``seeds[b]``; its sample ``k`` is
-    its ``k``-th draw ``z = torch.randn(C, H, W)`` (CPU, float32), moved to ``x``'s device and
-    dtype; the noisy copy is ``x[b] + sigma_b * z`` with ``sigma_b = noise_level * (x[b].max() -
-    x[b].min())`` computed on ``x``'s device. An engine that follows this reproduces
-    :func:`smoothgrad` exactly, however it batches the ``B*n`` passes.
+        it = tqdm(it, desc="smoothgrad chunks", leave=False)
+    start = 0
+    with eval_mode(model), frozen_params(model):
+        for ci in it:
+            size = plan.sizes[ci]
+            flat = torch.arange(start, start + size)
+            start += size
+            img = flat // n_samples
+            smp = flat % n_samples
+            eps = torch.stack([stream.take(int(b), int(k)) for b, k in zip(img.tolist(), smp.tolist())])
+            img_d = img.to(device)
+            xs = xd[img_d] + sigma[img_d].view(-1, 1, 1, 1) * eps.to(device)
+            xs.requires_grad_(True)
+            tgt = target[img_d]
+            with torch.enable_grad():
+                with autocast_ctx(device, autocast):
+                    logits = fwd(xs)
+                if ci == 0:
+                    _check_range(target, logits.shape[1])  # before gather, which would fail obscurely
+                sel = logits.float().gather(1, tgt[:, None]).sum()
+                (g,) = torch.autograd.grad(sel, xs)
+            a = g.float().abs().mean(dim=1)  # [C,H,W], channel mean of |∂f/∂x|
+            if grid is not None:
+                pooled = F.avg_pool2d(a[:, None], kernel_size=(ph, pw)).flatten(1)  # [C,P]
+                acc.index_add_(0, img_d, pooled)
+            if acc_pix is not None:
+                acc_pix.index_add_(0, img_d, a)
+            if marks:
+                smp_d = smp.to(device)
+                for mi in range(len(marks)):
+                    sel_m = smp_d < mark_t[mi]
+                    if bool(sel_m.any()):
+                        snap_acc[mi].index_add_(0, img_d[sel_m], pooled[sel_m])
+            del g, a, xs, logits, eps
+    out: dict[str, Any] = {"plan": plan, "seeds": seeds}
+    if grid is not None:
+        out["patches"] = acc / n_samples
+    if acc_pix is not None:
+        out["pixels"] = acc_pix / n_samples
+    if marks:
+        out["checkpoints"] = {k: snap_acc[i] / k for i, k in enumerate(marks)}
+    return out
 
-    Args:
-        x: Images ``[B,C,H,W]``.
-        n_samples: Noisy copies per image ``n``.
-        noise_level: Noise standard deviation as a fraction of each image's value range.
-        generator: CPU generator for the seeds; ``None`` uses torch's global RNG.
-
-    Yields:
-        ``(b, k, x_noisy [C,H,W])``.
-    """
-    B, C, H, W = x.shape
-    seeds = noise_seeds(B, generator)
-    sigma = noise_level * (x.detach().flatten(1).amax(1) - x.detach().flatten(1).amin(1))
-    for b in range(B):
-        g = torch.Generator(device="cpu").manual_seed(int(seeds[b]))
-        for k in range(n_samples):
-            z = torch.randn(C, H, W, generator=g, dtype=torch.float32)
-            yield b, k, x[b].detach() + sigma[b] * z.to(device=x.device, dtype=x.dtype)
+def _check_range(target: Tensor, num_classes: int) -> None:
+    if bool(((target < 0) | (target >= num_classes)).any()):
+        raise ValueError(f"target class out of range [0, {num_classes}): {target.tolist()}")
 
 
 def smoothgrad(
     model: nn.Module,
     x: Tensor,
     target: int | Tensor | None,
-    n_samples: int = 25,
-    noise_level: float = 0.15,
+    n_samples: int = _D.n_samples,
+    noise_level: float = _D.noise_level,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    *,
+    seeds: Tensor | None = None,
+    noise: str = _D.noise,
+    chunk_size: int | str | None = "auto",
+    memory_budget: int | None = None,
+    autocast: Any = None,
+    compile: bool | str = False,
+    progress: bool = False,
 ) -> Tensor:
     """SmoothGrad attribution ``mean_k |d f^c(x + eps_k) / dx|``, averaged over channels.
 
     ``f^c`` is the target class *logit*. ``eps_k ~ N(0, sigma_b^2)`` with ``sigma_b =
-    noise_level * (max(x_b) - min(x_b))`` per image, drawn by :func:`noise_stream`.
-    ``noise_level=0`` gives exactly the plain gradient (saliency), whatever ``n_samples``.
-    The defaults ``n_samples=25, noise_level=0.15`` are the IAV author's own SmoothGrad
-    convention; the IAV paper does not state them.
+    noise_level * (max(x_b) - min(x_b))`` per image, drawn from the noise stream of
+    :func:`~iavutils.core.noise.noise_stream`. ``noise_level=0`` gives exactly the plain gradient
+    (saliency), whatever ``n_samples``. The defaults ``n_samples=25, noise_level=0.15`` are the
+    IAV author's own SmoothGrad convention; the IAV paper does not state them. The passes run
+    chunked with input-only gradients (:func:`smoothgrad_passes`).
 
     Args:
         model: Any differentiable classifier ``[B,C,H,W] -> [B,classes]``.
@@ -199,11 +340,20 @@ def smoothgrad(
         n_samples: Noisy copies per image.
         noise_level: Noise standard deviation as a fraction of each image's value range.
         generator: CPU generator for the noise seeds (``None``: torch's global RNG).
-        batch_size: Forward/backward passes per chunk over the ``B*n`` noisy copies
-            (``None``: all at once). The result does not depend on it.
+        batch_size: Forward/backward passes per chunk over the ``B*n`` noisy copies (an alias
+            of ``chunk_size``, which it overrides). The result does not depend on it beyond
+            float rounding.
+        seeds: Explicit ``[B]`` per-image seeds (overrides ``generator``).
+        noise: ``"gaussian"`` (the documented stream), ``"antithetic"`` or ``"quasi"``.
+        chunk_size: Samples per gradient chunk, or ``"auto"`` (sized for the device and a
+            memory budget, :func:`~iavutils.core.chunking.auto_chunk_size`).
+        memory_budget: Bytes for ``"auto"``.
+        autocast: Autocast dtype for the passes (``torch.bfloat16`` on GPU); ``None`` = fp32.
+        compile: ``torch.compile`` the gradient-pass forward (``True`` or a backend name).
+        progress: Progress bar over chunks.
 
     Returns:
-        Non-negative attribution ``[B,H,W]``.
+        Non-negative attribution ``[B,H,W]`` (float32).
 
     Raises:
         TypeError: ``target`` is a float, bool, string or floating-point tensor
@@ -214,40 +364,20 @@ def smoothgrad(
     check_input(model, x)
     check_grad_mode("smoothgrad")
     target = check_target(target, x.shape[0])
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    if noise_level < 0:
-        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
-    B, C, H, W = x.shape
-    total = B * n_samples
-    chunk = total if batch_size is None else int(batch_size)
-    if chunk < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    acc = torch.zeros(B, C, H, W, device=x.device, dtype=x.dtype)
-    with eval_mode(model), torch.enable_grad():
-        # The predicted class needs a clean forward; a given target is checked against the
-        # number of classes once the first chunk's logits are there.
-        t: Tensor | None = None
-        if target is None:
-            with torch.no_grad():
-                t = resolve_target(None, model(x))
-        stream = noise_stream(x, n_samples, noise_level, generator)
-        done = 0
-        while done < total:
-            items = [next(stream) for _ in range(min(chunk, total - done))]
-            done += len(items)
-            idx = torch.tensor([b for b, _, _ in items], device=x.device)
-            xin = torch.stack([xn for _, _, xn in items]).requires_grad_(True)
-            logits = model(xin)
-            if t is None:
-                t = resolve_target(target, logits.detach()[:1].expand(B, -1))
-            y = logits.gather(1, t[idx].unsqueeze(1)).sum()
-            (g,) = torch.autograd.grad(y, xin)
-            g = g.abs()
-            # Accumulate in stream order so that every chunking adds the same terms in the same order.
-            for j, (b, _, _) in enumerate(items):
-                acc[b] += g[j]
-    return (acc / n_samples).mean(dim=1)
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunk_size = int(batch_size)
+    if target is None:
+        # the predicted class needs a clean forward
+        with eval_mode(model), torch.no_grad(), autocast_ctx(x.device, autocast):
+            target = resolve_target(None, model(x))
+    out = smoothgrad_passes(
+        model, x, target, n_samples, noise_level, generator, seeds=seeds, noise=noise,
+        chunk_size=chunk_size, memory_budget=memory_budget, autocast=autocast, compile=compile,
+        return_pixels=True, progress=progress,
+    )
+    return out["pixels"]
 
 
 def gradcam(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> Tensor:
@@ -276,20 +406,11 @@ def gradcam(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> 
     norm1 = getattr(model.blocks[-1], "norm1", None)
     if norm1 is None:
         raise TypeError(f"{type(model).__name__}.blocks[-1] has no `norm1`; GradCAM needs it")
-    store: dict[str, Tensor] = {}
-
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        store["a"] = output
-
-    handle = norm1.register_forward_hook(hook)
-    try:
-        with eval_mode(model), torch.enable_grad():
-            logits = model(grad_input(x).requires_grad_(True))
-            t = resolve_target(target, logits)
-            y = logits.gather(1, t.unsqueeze(1)).sum()
-    finally:
-        handle.remove()
-    a = store["a"]
+    with record_output(norm1) as store, eval_mode(model), torch.enable_grad():
+        logits = model(grad_input(x).requires_grad_(True))
+        t = resolve_target(target, logits)
+        y = logits.gather(1, t.unsqueeze(1)).sum()
+    a = store["output"]
     (g,) = torch.autograd.grad(y, a)
     T = geo.num_prefix_tokens
     a, g = a[:, T:].detach(), g[:, T:]

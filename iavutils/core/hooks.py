@@ -1,248 +1,58 @@
-"""Attention recording for timm ViT-family models, model geometry and model checks.
+"""Every hook and every switch of the package: attention recording, taps, and flags restored on exit.
 
-This is the only module that touches hooks. Every switch it flips (``attn.fused_attn``,
-train/eval mode) is saved and restored, and every hook is removed in ``finally`` — also when
-the forward raises.
+This is the only module that registers hooks (``register_*hook``) or flips a model flag
+(``attn.fused_attn``, train/eval mode, ``requires_grad``, torch's thread count). Every switch it
+flips is saved and restored, and every hook is removed in ``finally`` — also when the forward
+raises. The maths the hooks call (e.g. :func:`~iavutils.core.cls_rows.cls_rows_from_block_input`)
+lives elsewhere.
 
-Supported: timm ``VisionTransformer`` (ViT, DeiT, DINO, MAE, register models),
-``VisionTransformerDistilled`` and ``Beit``, i.e. models with ``patch_embed``, a class token
-(``cls_token``) at index 0 and ``blocks[i].attn`` modules that apply ``attn_drop`` to the
-post-softmax attention in their eager (non-fused) path.
+Supported models: see :mod:`iavutils.core.geometry` (whose names stay importable from here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .cls_rows import cls_rows_from_block_input, supports_cls_tap
+from .geometry import (
+    _SUPPORTED,
+    ModelGeometry,
+    UnsupportedModelError,
+    blocks,
+    check_dtype_device,
+    check_grad_mode,
+    check_input,
+    check_model,
+    grad_input,
+    model_geometry,
+)
+
 __all__ = [
     "AttentionRecorder",
+    "ClsRowTap",
     "ModelGeometry",
     "UnsupportedModelError",
+    "autocast",
     "check_grad_mode",
     "check_input",
     "check_dtype_device",
     "check_model",
     "eval_mode",
+    "frozen_params",
     "grad_input",
+    "head_mask",
     "model_geometry",
     "record_attention",
+    "record_output",
+    "tap_inputs",
+    "threads",
 ]
-
-_SUPPORTED = (
-    "supported: timm VisionTransformer (ViT/DeiT/DINO/MAE/register models) with a class token, "
-    "VisionTransformerDistilled and Beit"
-)
-
-
-class UnsupportedModelError(TypeError):
-    """The model is not a ViT-family model with a class token that we can record."""
-
-
-@dataclass(frozen=True)
-class ModelGeometry:
-    """Token layout of a ViT-family model, read from the model itself.
-
-    Attributes:
-        num_prefix_tokens: Tokens before the patches (class, distillation, register tokens).
-        grid: Patch grid ``(gh, gw)``; ``P = gh * gw``.
-        num_layers: Number of transformer blocks ``L``.
-        num_heads: Heads per block ``H``.
-        patch_size: Patch size ``(ph, pw)`` in pixels.
-        img_size: Input size ``(H, W)`` in pixels the model expects.
-    """
-
-    num_prefix_tokens: int
-    grid: tuple[int, int]
-    num_layers: int
-    num_heads: int
-    patch_size: tuple[int, int]
-    img_size: tuple[int, int]
-
-    @property
-    def num_patches(self) -> int:
-        """Number of patch tokens ``P``."""
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def num_tokens(self) -> int:
-        """Sequence length ``N = T + P``."""
-        return self.num_prefix_tokens + self.num_patches
-
-
-def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    return (int(v[0]), int(v[1]))
-
-
-def check_model(model: nn.Module) -> None:
-    """Raise a clear error unless ``model`` is a supported ViT-family model with a class token.
-
-    Args:
-        model: The model to check.
-
-    Raises:
-        UnsupportedModelError: No ``patch_embed``/``blocks``, blocks without a recordable
-            attention module, or no class token.
-    """
-    name = type(model).__name__
-    blocks = getattr(model, "blocks", None)
-    if getattr(model, "patch_embed", None) is None or not isinstance(blocks, nn.Sequential | nn.ModuleList):
-        raise UnsupportedModelError(
-            f"{name} is not a ViT-family model (no `patch_embed` and `blocks`); {_SUPPORTED}."
-        )
-    if len(blocks) == 0:
-        raise UnsupportedModelError(f"{name} has no transformer blocks; {_SUPPORTED}.")
-    for i, blk in enumerate(blocks):
-        attn = getattr(blk, "attn", None)
-        if attn is None or not isinstance(getattr(attn, "attn_drop", None), nn.Module):
-            raise UnsupportedModelError(
-                f"{name}.blocks[{i}] has no `attn.attn_drop` through which the post-softmax "
-                f"attention passes, so it cannot be recorded; {_SUPPORTED}."
-            )
-    # The IA-Score reads the class token's row; without one there is nothing to read.
-    if getattr(model, "cls_token", None) is None:
-        raise UnsupportedModelError(
-            f"{name} has no class token (cls_token is None, e.g. class_token=False / "
-            f"global-pool-only); the IA-Score needs the class token's attention row; {_SUPPORTED}."
-        )
-    if int(getattr(model, "num_prefix_tokens", 0)) < 1:
-        raise UnsupportedModelError(f"{name}.num_prefix_tokens < 1; {_SUPPORTED}.")
-
-
-def model_geometry(model: nn.Module) -> ModelGeometry:
-    """Read the token layout of a supported model.
-
-    Args:
-        model: A supported timm ViT-family model (see module docstring).
-
-    Returns:
-        The model's :class:`ModelGeometry`.
-
-    Raises:
-        UnsupportedModelError: The model is not supported (see :func:`check_model`).
-    """
-    check_model(model)
-    pe = model.patch_embed
-    return ModelGeometry(
-        num_prefix_tokens=int(model.num_prefix_tokens),
-        grid=_pair(pe.grid_size),
-        num_layers=len(model.blocks),
-        num_heads=int(model.blocks[0].attn.num_heads),
-        patch_size=_pair(pe.patch_size),
-        img_size=_pair(pe.img_size),
-    )
-
-
-def check_input(model: nn.Module, x: Tensor) -> None:
-    """Raise a clear error for an input the model cannot be explained on.
-
-    Checks a ``[B,C,H,W]`` floating tensor with finite values, on the model's device and in its
-    dtype; for ViT-family models (those with ``patch_embed``) also the image size the model was
-    built for.
-
-    Args:
-        model: The model ``x`` is meant for.
-        x: Input batch ``[B,C,H,W]``.
-
-    Raises:
-        ValueError: Wrong rank/dtype/size, non-finite values, or an input whose dtype or
-            device differs from the model's (:func:`check_dtype_device`).
-    """
-    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"expected a floating-point image batch [B,C,H,W], got {shape}")
-    if x.shape[0] == 0:
-        raise ValueError("empty batch")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
-        raise ValueError(f"input contains NaN or Inf values ({bad} of {x.shape[0]} images)")
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and hasattr(pe, "img_size") and pe.img_size is not None:
-        expected = _pair(pe.img_size)
-        if tuple(x.shape[-2:]) != expected:
-            raise ValueError(
-                f"wrong image size {tuple(x.shape[-2:])}: {type(model).__name__} expects "
-                f"{expected} (patch grid {_pair(pe.grid_size)})"
-            )
-        proj = getattr(pe, "proj", None)
-        in_chans = getattr(proj, "in_channels", None)
-        if in_chans is not None and x.shape[1] != in_chans:
-            raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]}")
-    check_dtype_device(model, x)
-
-
-def _model_param(model: nn.Module) -> Tensor | None:
-    # The first floating-point parameter (or buffer) stands for the model's dtype and device.
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t
-    return None
-
-
-def check_dtype_device(model: nn.Module, x: Tensor) -> None:
-    """Raise a clear error when ``x`` and the model differ in dtype or device.
-
-    A half-precision input into a float32 model, or a CPU input into a CUDA model, otherwise
-    fails deep inside the forward with a bare torch error. Mixed precision is done with
-    ``torch.autocast`` (float32 model and input), not by casting the input.
-
-    Args:
-        model: The model ``x`` is meant for.
-        x: Input batch.
-
-    Raises:
-        ValueError: The dtypes or the devices differ.
-    """
-    p = _model_param(model)
-    if p is None:
-        return
-    problems = []
-    if x.device != p.device:
-        problems.append(f"the input is on {x.device} but the model is on {p.device}")
-    if x.dtype != p.dtype:
-        problems.append(f"the input is {x.dtype} but the model's weights are {p.dtype}")
-    if problems:
-        raise ValueError(
-            f"{' and '.join(problems)}. Move the input to the model: x = x.to(device={str(p.device)!r}, "
-            f"dtype={p.dtype}) (or move the model with model.to(...)); for mixed precision keep both in "
-            f"float32 and use the `autocast` argument / torch.autocast instead of casting the input."
-        )
-
-
-def check_grad_mode(method: str) -> None:
-    """Raise a clear error when a gradient method is called under ``torch.inference_mode()``.
-
-    ``torch.no_grad()`` is fine: the gradient methods switch gradients back on themselves with
-    ``torch.enable_grad()``, which inference mode does not allow.
-
-    Args:
-        method: Name of the calling function, for the message.
-
-    Raises:
-        RuntimeError: Inference mode is on.
-    """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            f"{method} needs gradients, but it was called inside torch.inference_mode(), where "
-            f"autograd cannot be switched back on. Call {method} outside the inference_mode block "
-            f"(inside torch.no_grad() is fine: {method} enables gradients itself)."
-        )
-
-
-def grad_input(x: Tensor) -> Tensor:
-    """``x`` detached, as a tensor autograd may record (a copy if it is an inference tensor).
-
-    Tensors created under ``torch.inference_mode()`` cannot take part in autograd later; a copy
-    made outside inference mode can.
-    """
-    x = x.detach()
-    return x.clone() if x.is_inference() else x
 
 
 @contextmanager
@@ -411,3 +221,194 @@ def record_attention(model: nn.Module, x: Tensor, *, grad: bool = False) -> tupl
             logits = model(x)
             attn = rec.attention
     return logits, attn
+
+
+# --------------------------------------------------------------------------------------------
+# the CLS-row tap of the clean pass
+
+
+class ClsRowTap:
+    """Forward pre-hooks that compute each block's CLS row from the attention input.
+
+    The model keeps its fused attention; each hook hands the attention module's input to
+    :func:`~iavutils.core.cls_rows.cls_rows_from_block_input`. Use as a context manager; hooks
+    are removed on exit, also after an exception.
+
+    Args:
+        model: A timm ViT / DeiT (distilled) / BEiT whose attention modules pass
+            :func:`~iavutils.core.cls_rows.supports_cls_tap`.
+        num_prefix_tokens: ``T``; rows are kept over tokens ``T..N-1``.
+    """
+
+    def __init__(self, model: nn.Module, num_prefix_tokens: int) -> None:
+        self.attns = [blk.attn for blk in blocks(model)]
+        for a in self.attns:
+            if not supports_cls_tap(a):
+                raise NotImplementedError(f"CLS-row tap does not support {type(a).__name__}")
+        self.num_prefix_tokens = num_prefix_tokens
+        self.rows: list[Tensor] = []
+        self._handles: list[Any] = []
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
+            raise NotImplementedError("masked/causal attention is not supported by the CLS tap")
+        shared = kwargs.get("shared_rel_pos_bias", args[1] if len(args) > 1 else None)
+        self.rows.append(cls_rows_from_block_input(module, args[0], self.num_prefix_tokens, shared))
+
+    def __enter__(self) -> ClsRowTap:
+        self.rows = []
+        try:
+            for a in self.attns:
+                self._handles.append(a.register_forward_pre_hook(self._hook, with_kwargs=True))
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Removes every hook this tap registered."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def pop(self) -> Tensor:
+        """``[B,L,H,P]`` from the rows recorded by the last forward; clears them."""
+        out = torch.stack(self.rows, dim=1)
+        self.rows = []
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# switches, restored on exit
+
+
+@contextmanager
+def frozen_params(model: nn.Module) -> Iterator[None]:
+    """Switch every parameter's ``requires_grad`` off; each flag is restored on exit.
+
+    Gradients w.r.t. the input only: autograd then saves nothing for the weights and skips
+    their backward.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | str | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` for ``dtype`` (``"bf16"``, ``"fp16"`` or a dtype); ``None``: off."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    if isinstance(dtype, str):
+        dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextmanager
+def threads(num_threads: int | None) -> Iterator[None]:
+    """Torch's intra-op thread count for the block (``None`` or 0: unchanged); restored on exit.
+
+    On an oversubscribed (shared) CPU one thread per process avoids OpenMP barrier stalls —
+    measured up to ~4x faster here (benchmarks/README.md).
+    """
+    if not num_threads:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+# --------------------------------------------------------------------------------------------
+# taps and replacements used by GradCAM and head ablation
+
+
+@contextmanager
+def record_output(module: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Keep ``module``'s latest output, graph attached, in the yielded dict under ``"output"``."""
+    store: dict[str, Tensor] = {}
+
+    def hook(mod: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        store["output"] = output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def tap_inputs(modules: Sequence[nn.Module], fn: Callable[[int, Tensor], None]) -> Iterator[None]:
+    """Call ``fn(i, x)`` with the first positional input ``x`` of ``modules[i]`` at every forward.
+
+    Inputs that are not tensors are skipped. The hooks are removed on exit.
+    """
+
+    def make(i: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if args and isinstance(args[0], Tensor):
+                fn(i, args[0])
+
+        return hook
+
+    handles = []
+    try:
+        for i, m in enumerate(modules):
+            handles.append(m.register_forward_pre_hook(make(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _mask_hook(keep: Tensor, fill: Tensor | None) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        inp = args[0]
+        k = keep.to(device=inp.device, dtype=inp.dtype)
+        # Multiplying instead of writing in place keeps autograd through the other heads intact.
+        out = inp * k
+        if fill is not None:
+            f = fill.to(device=inp.device, dtype=inp.dtype)
+            if f.dim() == 2 and f.shape[0] != inp.shape[-2]:
+                raise ValueError(f"mean has {f.shape[0]} token positions, input has {inp.shape[-2]}")
+            out = out + (1.0 - k) * f
+        return (out, *args[1:])
+
+    return hook
+
+
+@contextmanager
+def head_mask(model: nn.Module, masks: Mapping[int, tuple[Tensor, Tensor | None]]) -> Iterator[nn.Module]:
+    """Replace chosen channels of ``blocks[l].attn.proj``'s input (the heads' outputs).
+
+    Inside the context, the input ``z`` of layer ``l``'s output projection becomes
+    ``z·keep + (1 − keep)·fill`` (``fill=None``: zeros), for head ablation.
+
+    Args:
+        model: A timm ViT-family model.
+        masks: ``{layer: (keep [C], fill)}``; ``keep`` is 1 on kept channels and 0 on replaced
+            ones; ``fill`` is ``[N,C]`` (per token position), ``[C]`` or ``None``.
+
+    Yields:
+        The model (hooks installed; removed on exit, also after an exception).
+    """
+    blks = blocks(model)
+    handles = []
+    try:
+        for layer, (keep, fill) in masks.items():
+            handles.append(blks[layer].attn.proj.register_forward_pre_hook(_mask_hook(keep, fill)))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,9 +1,9 @@
 """Attention rollout (Abnar & Zuidema), GMAR (Jo, Jang & Park) and gradient rollout (Chefer et al.).
 
 :func:`attention_rollout` and :func:`gmar_head_weights` are pure tensor functions;
-:func:`gmar` and :func:`gradient_rollout` record the attention with its graph, take
-``torch.autograd.grad`` of the target logit with respect to every map (parameters' ``.grad``
-untouched) and call the pure functions. All outputs are the class token's row over the patch
+:func:`gmar` and :func:`gradient_rollout` get the attention and the gradient of the target logit
+with respect to every map from :func:`attention_and_grads` (one recorded forward,
+``torch.autograd.grad``, parameters' ``.grad`` untouched) and call the pure functions. All outputs are the class token's row over the patch
 tokens, ``[B,P]``, unnormalised (scale them for display as you like).
 """
 
@@ -18,6 +18,7 @@ from .hooks import AttentionRecorder, check_grad_mode, check_input, grad_input, 
 __all__ = [
     "HEAD_FUSIONS",
     "GMAR_NORMS",
+    "attention_and_grads",
     "attention_rollout",
     "gmar",
     "gmar_from_grads",
@@ -134,13 +135,28 @@ def gmar_head_weights(attn: Tensor, attn_grads: Tensor, norm: str = "l1") -> Ten
     return torch.where(total > 0, g / total.clamp_min(torch.finfo(g.dtype).tiny), uniform)
 
 
-def _attention_and_grads(
-    model: nn.Module, x: Tensor, target: int | Tensor | None, method: str
-) -> tuple[Tensor, Tensor, int]:
-    """Attention ``[B,L,H,N,N]`` and ``∂y_c/∂A`` of the target logit, from one forward."""
-    geo = model_geometry(model)
+def attention_and_grads(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Attention and the gradient of the target logit with respect to it, from one forward.
+
+    The model runs in eval mode with its attention recorded (graph kept); the input carries the
+    graph, so gradients exist even for a frozen model. Parameters' ``.grad`` stays untouched.
+
+    Args:
+        model: A supported timm ViT-family model.
+        x: Model-normalised images ``[B,3,H,W]``.
+        target: ``None`` (predicted class), an int or a ``[B]`` tensor; ``y_c`` is its logit.
+
+    Returns:
+        ``(attn, grads)``: attention ``[B,L,H,N,N]`` (detached) and ``∂y_c/∂A`` of the same shape.
+
+    Raises:
+        TypeError: ``target`` is a float, bool, string or floating-point tensor.
+        ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
+        RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
+    """
+    model_geometry(model)  # an unsupported model fails here, before any forward
     check_input(model, x)
-    check_grad_mode(method)
+    check_grad_mode("attention_and_grads")
     check_target(target, x.shape[0])
     with torch.enable_grad(), AttentionRecorder(model, keep_graph=True) as rec:
         # The input carries the graph, so gradients exist even for a frozen model.
@@ -150,7 +166,7 @@ def _attention_and_grads(
         y = logits.gather(1, t.unsqueeze(1)).sum()
     grads = torch.autograd.grad(y, maps)
     attn = torch.stack([m.detach() for m in maps], dim=1)
-    return attn, torch.stack(grads, dim=1), geo.num_prefix_tokens
+    return attn, torch.stack(grads, dim=1)
 
 
 def gmar(model: nn.Module, x: Tensor, target: int | Tensor | None = None, norm: str = "l1") -> Tensor:
@@ -176,7 +192,9 @@ def gmar(model: nn.Module, x: Tensor, target: int | Tensor | None = None, norm: 
     """
     if norm not in GMAR_NORMS:
         raise ValueError(f"norm must be one of {GMAR_NORMS}, got {norm!r}")
-    attn, grads, T = _attention_and_grads(model, x, target, "gmar")
+    T = model_geometry(model).num_prefix_tokens
+    check_grad_mode("gmar")
+    attn, grads = attention_and_grads(model, x, target)
     return gmar_from_grads(attn, grads, T, norm)
 
 
@@ -200,7 +218,9 @@ def gradient_rollout(model: nn.Module, x: Tensor, target: int | Tensor | None = 
         ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
         RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
-    attn, grads, T = _attention_and_grads(model, x, target, "gradient_rollout")
+    T = model_geometry(model).num_prefix_tokens
+    check_grad_mode("gradient_rollout")
+    attn, grads = attention_and_grads(model, x, target)
     return gradient_rollout_from_grads(attn, grads, T)
 
 
