@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.hooks import eval_mode
+from ..core.hooks import eval_mode, head_mask, tap_inputs
 from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 from ..core.rollout import gmar_head_weights
 from .explanations import attention_and_grads
@@ -94,38 +94,18 @@ def ablate_heads(
     if mode == "mean" and means is None:
         raise ValueError("mode='mean' needs means= (see proj_input_means)")
     sets = _head_sets(model, heads)
-    handles = []
-    try:
-        for l, (blk, hs) in enumerate(zip(_blocks(model), sets, strict=True)):
-            if not hs:
-                continue
-            proj = blk.attn.proj
-            d = proj.in_features // int(blk.attn.num_heads)
-            keep = torch.ones(proj.in_features)
-            for h in hs:
-                keep[h * d : (h + 1) * d] = 0.0
-            fill = None if mode == "zero" else means[l]
-            handles.append(proj.register_forward_pre_hook(_make_hook(keep, fill)))
+    masks: dict[int, tuple[Tensor, Tensor | None]] = {}
+    for l, (blk, hs) in enumerate(zip(_blocks(model), sets, strict=True)):
+        if not hs:
+            continue
+        proj = blk.attn.proj
+        d = proj.in_features // int(blk.attn.num_heads)
+        keep = torch.ones(proj.in_features)
+        for h in hs:
+            keep[h * d : (h + 1) * d] = 0.0
+        masks[l] = (keep, None if mode == "zero" else means[l])
+    with head_mask(model, masks):
         yield model
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _make_hook(keep: Tensor, fill: Tensor | None):  # noqa: ANN202 - hook closure
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        inp = args[0]
-        k = keep.to(device=inp.device, dtype=inp.dtype)
-        # Multiplying instead of writing in place keeps autograd through the other heads intact.
-        out = inp * k
-        if fill is not None:
-            f = fill.to(device=inp.device, dtype=inp.dtype)
-            if f.dim() == 2 and f.shape[0] != inp.shape[-2]:
-                raise ValueError(f"mean has {f.shape[0]} token positions, input has {inp.shape[-2]}")
-            out = out + (1.0 - k) * f
-        return (out, *args[1:])
-
-    return hook
 
 
 def _materialize(data: Any, device: torch.device | str | None) -> list[tuple[Tensor, Tensor]]:
@@ -189,25 +169,16 @@ class _Resume:
         self.inputs: list[list[Tensor | None]] = [[None] * len(blocks) for _ in batches]
         current = [0]
 
-        def make(l: int):  # noqa: ANN202 - hook closure
-            def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-                if args and isinstance(args[0], Tensor):
-                    self.inputs[current[0]][l] = args[0].detach()
+        def keep_input(l: int, x: Tensor) -> None:
+            self.inputs[current[0]][l] = x.detach()
 
-            return hook
-
-        handles = [blk.register_forward_pre_hook(make(l)) for l, blk in enumerate(blocks)]
-        try:
-            correct, logit = [], []
-            with torch.no_grad():
-                for i, (x, y) in enumerate(batches):
-                    current[0] = i
-                    out = model(x)
-                    correct.append((out.argmax(1) == y).float().cpu())
-                    logit.append(out.gather(1, y.unsqueeze(1)).squeeze(1).float().cpu())
-        finally:
-            for h in handles:
-                h.remove()
+        correct, logit = [], []
+        with tap_inputs(blocks, keep_input), torch.no_grad():
+            for i, (x, y) in enumerate(batches):
+                current[0] = i
+                out = model(x)
+                correct.append((out.argmax(1) == y).float().cpu())
+                logit.append(out.gather(1, y.unsqueeze(1)).squeeze(1).float().cpu())
         self.clean = (torch.cat(correct), torch.cat(logit))
         self.enabled = len(blocks) > 1 and all(t is not None for row in self.inputs for t in row)
         if self.enabled:
@@ -256,23 +227,15 @@ def proj_input_means(model: nn.Module, data: Any, batch_size: int | None = None,
     sums: list[Tensor | None] = [None] * len(blocks)
     count = [0]
 
-    def make(l: int):  # noqa: ANN202 - hook closure
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            s = args[0].detach().float().sum(0)  # [N,C]
-            sums[l] = s if sums[l] is None else sums[l] + s
-
-        return hook
+    def add(l: int, x: Tensor) -> None:
+        s = x.detach().float().sum(0)  # [N,C]
+        sums[l] = s if sums[l] is None else sums[l] + s
 
     batches = _split(_materialize(data, _device(model)), batch_size)
-    handles = [blk.attn.proj.register_forward_pre_hook(make(l)) for l, blk in enumerate(blocks)]
-    try:
-        with eval_mode(model), torch.no_grad():
-            for x, _ in batches:
-                model(x)
-                count[0] += x.shape[0]
-    finally:
-        for h in handles:
-            h.remove()
+    with tap_inputs([blk.attn.proj for blk in blocks], add), eval_mode(model), torch.no_grad():
+        for x, _ in batches:
+            model(x)
+            count[0] += x.shape[0]
     means = torch.stack([s.cpu() / count[0] for s in sums])  # type: ignore[union-attr]
     return means if per_token else means.mean(1)
 
