@@ -10,7 +10,7 @@ from captum.attr import NoiseTunnel, Saliency
 from conftest import IMG, assert_same_state, make_model, snapshot
 
 import iavutils as iu
-from iavutils.core.attribution import noise_seeds, noise_stream
+from iavutils.core.noise import noise_seeds, noise_stream
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")

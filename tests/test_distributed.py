@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from iavutils.analysis import distributed as D
-from iavutils.core.engine import iav_dataset
+from iavutils.core.sweep import iav_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The fast IAV engine equals the reference core, and leaves the model as it found it."""
+"""The engine behind iu.iav / iu.smoothgrad equals the reference oracles, and leaves the model as it found it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ from timm.models.beit import Beit
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
+import oracles
+from conftest import make_model
+
 import iavutils as iu
-from iavutils.core import engine as E
-from iavutils.core.attribution import noise_seeds, patch_pool, smoothgrad
-from iavutils.core.scores import cls_attention, ia_score
+from iavutils.core import chunking, forward, noise
+from iavutils.core.attribution import patch_pool, smoothgrad_passes
+from iavutils.core.noise import NoiseStream, image_seed, noise_seeds
+from iavutils.core.scores import clean_cls_attention, cls_attention, ia_score
+from iavutils.core.sweep import BF16_TOLERANCE, autocast_deviation, iav_dataset
 
 SMALL = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=5)
 
@@ -50,18 +55,18 @@ def _x(model: torch.nn.Module, b: int = 3, seed: int = 1) -> torch.Tensor:
 def test_engine_equals_reference_iav(name: str) -> None:
     model = MODELS[name]
     x = _x(model)
-    ref = iu.iav(model, x, None, n_samples=4, noise_level=0.15, generator=torch.Generator().manual_seed(3))
-    ours = E.iav_fast(model, x, None, 4, 0.15, torch.Generator().manual_seed(3), chunk_size=5)
+    ref = oracles.iav(model, x, None, n_samples=4, noise_level=0.15, generator=torch.Generator().manual_seed(3))
+    ours = iu.iav(model, x, None, 4, 0.15, torch.Generator().manual_seed(3), chunk_size=5)
     torch.testing.assert_close(ours, ref, atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["vit", "beit-relpos"])
-def test_smoothgrad_fast_equals_reference_smoothgrad(name: str) -> None:
+def test_smoothgrad_passes_equal_reference_smoothgrad(name: str) -> None:
     model = MODELS[name]
     x = _x(model)
     t = torch.tensor([0, 3, 1])
-    ref = smoothgrad(model, x, t, n_samples=5, generator=torch.Generator().manual_seed(0))
-    ours = E.smoothgrad_fast(model, x, t, 5, generator=torch.Generator().manual_seed(0), chunk_size=4, return_pixels=True)
+    ref = oracles.smoothgrad(model, x, t, n_samples=5, generator=torch.Generator().manual_seed(0))
+    ours = smoothgrad_passes(model, x, t, 5, generator=torch.Generator().manual_seed(0), chunk_size=4, return_pixels=True)
     torch.testing.assert_close(ours["pixels"], ref, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ours["patches"], patch_pool(ref, iu.model_geometry(model).grid), atol=1e-6, rtol=1e-5)
 
@@ -72,7 +77,7 @@ def test_cls_rows_equal_recorded_attention(name: str) -> None:
     x = _x(model)
     assert all(getattr(b.attn, "fused_attn", True) for b in model.blocks)  # the model stays fused
     logits_ref, attn = iu.record_attention(model, x)
-    logits, rows = E.engine_cls_attention(model, x)
+    logits, rows = clean_cls_attention(model, x)
     torch.testing.assert_close(rows, cls_attention(attn, model.num_prefix_tokens), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(logits, logits_ref, atol=1e-5, rtol=1e-5)
 
@@ -81,7 +86,7 @@ def test_chunk_size_invariance() -> None:
     model = MODELS["vit"]
     x = _x(model, b=3)
     outs = [
-        E.iav_fast(model, x, None, 6, 0.15, torch.Generator().manual_seed(5), chunk_size=c)
+        iu.iav(model, x, None, 6, 0.15, torch.Generator().manual_seed(5), chunk_size=c)
         for c in (1, 4, 7, "auto", 18, 1000)
     ]
     for o in outs[1:]:
@@ -92,18 +97,18 @@ def test_seeds_override_matches_generator_and_target_forms() -> None:
     model = MODELS["vit"]
     x = _x(model, b=2)
     seeds = noise_seeds(2, torch.Generator().manual_seed(11))
-    a = E.iav_fast(model, x, 2, 3, 0.15, torch.Generator().manual_seed(11))
-    b = E.iav_fast(model, x, torch.tensor([2, 2]), 3, 0.15, seeds=seeds)
+    a = iu.iav(model, x, 2, 3, 0.15, torch.Generator().manual_seed(11))
+    b = iu.iav(model, x, torch.tensor([2, 2]), 3, 0.15, seeds=seeds)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-    ref = iu.iav(model, x, 2, n_samples=3, generator=torch.Generator().manual_seed(11))
+    ref = oracles.iav(model, x, 2, n_samples=3, generator=torch.Generator().manual_seed(11))
     torch.testing.assert_close(a, ref, atol=2e-6, rtol=1e-5)
 
 
 def test_noise_level_zero_is_saliency() -> None:
     model = MODELS["deit-distilled"]
     x = _x(model)
-    ours = E.iav_fast(model, x, None, 3, 0.0, torch.Generator().manual_seed(0))
-    ref = iu.iav(model, x, None, attribution="saliency")
+    ours = iu.iav(model, x, None, 3, 0.0, torch.Generator().manual_seed(0))
+    ref = oracles.iav(model, x, None, attribution="saliency")
     torch.testing.assert_close(ours, ref, atol=2e-6, rtol=1e-5)
 
 
@@ -129,7 +134,7 @@ def test_no_hooks_flags_or_requires_grad_left_behind(name: str) -> None:
     flags = _prepare_state(model)
     before = _hook_state(model)
     x = _x(model, b=2)
-    E.iav_fast(model, x, None, 2, 0.15, torch.Generator().manual_seed(0), chunk_size=3)
+    iu.iav(model, x, None, 2, 0.15, torch.Generator().manual_seed(0), chunk_size=3)
     assert _hook_state(model) == before
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
@@ -152,7 +157,7 @@ def test_no_hooks_flags_or_requires_grad_left_behind(name: str) -> None:
         model.head.forward = boom_on(k)
         try:
             with pytest.raises(RuntimeError, match="boom"):
-                E.iav_fast(model, x, None, 2, 0.15, torch.Generator().manual_seed(0), chunk_size=3)
+                iu.iav(model, x, None, 2, 0.15, torch.Generator().manual_seed(0), chunk_size=3)
         finally:
             model.head.forward = orig
         assert _hook_state(model) == before
@@ -163,7 +168,7 @@ def test_input_not_mutated_and_details() -> None:
     model = MODELS["vit"]
     x = _x(model)
     x0 = x.clone()
-    d = E.iav_fast(model, x, None, 2, 0.15, torch.Generator().manual_seed(0), return_details=True)
+    d = iu.iav(model, x, None, 2, 0.15, torch.Generator().manual_seed(0), return_details=True)
     assert torch.equal(x, x0)
     B, L, H, P = 3, 2, 4, 16
     assert d["iav"].shape == (B, L, H) and d["cls_attention"].shape == (B, L, H, P)
@@ -176,43 +181,43 @@ def test_variance_reduced_modes_agree_with_plain_at_large_n(mode: str) -> None:
     model = MODELS["vit"]
     x = _x(model, b=2)
     t = torch.tensor([0, 1])
-    plain = E.smoothgrad_fast(model, x, t, 256, generator=torch.Generator().manual_seed(1))["patches"]
-    other = E.smoothgrad_fast(model, x, t, 128, generator=torch.Generator().manual_seed(2), noise=mode)["patches"]
+    plain = smoothgrad_passes(model, x, t, 256, generator=torch.Generator().manual_seed(1))["patches"]
+    other = smoothgrad_passes(model, x, t, 128, generator=torch.Generator().manual_seed(2), noise=mode)["patches"]
     rel = (other - plain).abs().max() / plain.abs().max()
     assert rel < 0.1, rel
-    d = E.smoothgrad_fast(model, x, t, 6, generator=torch.Generator().manual_seed(2), noise=mode, checkpoints=[2, 4, 6])
+    d = smoothgrad_passes(model, x, t, 6, generator=torch.Generator().manual_seed(2), noise=mode, checkpoints=[2, 4, 6])
     torch.testing.assert_close(d["checkpoints"][6], d["patches"])
     # a prefix of the stream is the estimate with fewer samples
-    d4 = E.smoothgrad_fast(model, x, t, 4, generator=torch.Generator().manual_seed(2), noise=mode)
+    d4 = smoothgrad_passes(model, x, t, 4, generator=torch.Generator().manual_seed(2), noise=mode)
     if mode == "antithetic":
         torch.testing.assert_close(d["checkpoints"][4], d4["patches"], atol=1e-6, rtol=1e-5)
 
 
 def test_antithetic_pairs_and_sobol_normals() -> None:
-    s = E._NoiseStream(torch.tensor([3]), (2, 3), 4, "antithetic")
+    s = NoiseStream(torch.tensor([3]), (2, 3), 4, "antithetic")
     e = [s.take(0, k) for k in range(4)]
     assert torch.equal(e[1], -e[0]) and torch.equal(e[3], -e[2]) and not torch.equal(e[0], e[2])
-    z = E._sobol_normals(5, 32, (3, 90, 80))  # 21 600 values > SobolEngine.MAXDIM: blocks
+    z = noise._sobol_normals(5, 32, (3, 90, 80))  # 21 600 values > SobolEngine.MAXDIM: blocks
     assert z.shape == (32, 3, 90, 80) and torch.isfinite(z).all()
     assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.02
     with pytest.raises(ValueError):
-        E._NoiseStream(torch.tensor([1]), (1,), 1, "uniform")
+        NoiseStream(torch.tensor([1]), (1,), 1, "uniform")
 
 
 def test_auto_chunk_respects_memory_budget() -> None:
     model = MODELS["vit"]
-    per = E.saved_bytes_per_sample(model, (3, 16, 16))
+    per = chunking.saved_bytes_per_sample(model, (3, 16, 16))
     assert per > 3 * 3 * 16 * 16 * 4
-    plan = E.auto_chunk_size(model, (3, 16, 16), total=100, memory_budget=5 * per)
+    plan = chunking.auto_chunk_size(model, (3, 16, 16), total=100, memory_budget=5 * per)
     assert plan.chunk_size == 5 and sum(plan.sizes) == 100 and max(plan.sizes) <= 5
     assert plan.peak_bytes_bound <= 5 * per
-    assert E.auto_chunk_size(model, (3, 16, 16), total=100, memory_budget=1).chunk_size == 1
+    assert chunking.auto_chunk_size(model, (3, 16, 16), total=100, memory_budget=1).chunk_size == 1
 
 
 def test_bf16_autocast_within_stated_tolerance() -> None:
     model = MODELS["vit"]
-    dev = E.autocast_deviation(model, _x(model), torch.bfloat16, n_samples=3)
-    assert dev <= E.BF16_TOLERANCE, dev
+    dev = autocast_deviation(model, _x(model), torch.bfloat16, n_samples=3)
+    assert dev <= BF16_TOLERANCE, dev
 
 
 def test_compile_option_plumbing() -> None:
@@ -220,8 +225,8 @@ def test_compile_option_plumbing() -> None:
     # minutes-long CPU compilation
     model = MODELS["vit"]
     x = _x(model, b=2)
-    a = E.iav_fast(model, x, None, 2, 0.15, torch.Generator().manual_seed(0), compile="eager")
-    b = E.iav_fast(model, x, None, 2, 0.15, torch.Generator().manual_seed(0))
+    a = iu.iav(model, x, None, 2, 0.15, torch.Generator().manual_seed(0), compile="eager")
+    b = iu.iav(model, x, None, 2, 0.15, torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
@@ -241,18 +246,18 @@ class _DS(torch.utils.data.Dataset):
 def test_iav_dataset_per_image_noise_and_grouping() -> None:
     model = MODELS["vit"]
     ds = _DS(7, (16, 16))
-    a = E.iav_dataset(model, ds, n_samples=3, seed=4, images_per_call=3, progress=False)
-    b = E.iav_dataset(model, ds, n_samples=3, seed=4, images_per_call=7, chunk_size=2, progress=False)
+    a = iav_dataset(model, ds, n_samples=3, seed=4, images_per_call=3, progress=False)
+    b = iav_dataset(model, ds, n_samples=3, seed=4, images_per_call=7, chunk_size=2, progress=False)
     torch.testing.assert_close(a["iav"], b["iav"], atol=1e-6, rtol=1e-6)
     assert a["iav"].shape == (7, 2, 4) and torch.equal(a["indices"], torch.arange(7))
-    sub = E.iav_dataset(model, ds, indices=[5, 2], n_samples=3, seed=4, progress=False)
+    sub = iav_dataset(model, ds, indices=[5, 2], n_samples=3, seed=4, progress=False)
     torch.testing.assert_close(sub["iav"], a["iav"][[5, 2]], atol=1e-6, rtol=1e-6)
-    one = E.iav_fast(model, ds.x[[5]], None, 3, seeds=torch.tensor([E.image_seed(4, 5)]))
+    one = iu.iav(model, ds.x[[5]], None, 3, seeds=torch.tensor([image_seed(4, 5)]))
     torch.testing.assert_close(one[0], a["iav"][5], atol=1e-6, rtol=1e-6)
-    lab = E.iav_dataset(model, ds, num_images=3, target="label", n_samples=2, progress=False)
+    lab = iav_dataset(model, ds, num_images=3, target="label", n_samples=2, progress=False)
     assert torch.equal(lab["targets"], ds.y[:3]) and torch.equal(lab["labels"], ds.y[:3])
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
-    c = E.iav_dataset(model, loader, n_samples=3, seed=4, progress=False)
+    c = iav_dataset(model, loader, n_samples=3, seed=4, progress=False)
     torch.testing.assert_close(c["iav"], a["iav"], atol=1e-6, rtol=1e-6)
 
 
@@ -260,8 +265,20 @@ def test_iav_dataset_per_image_noise_and_grouping() -> None:
 def test_prefix_only_last_block_forward_equals_model(name: str) -> None:
     model = MODELS[name]
     x = _x(model)
-    trims = E._can_trim_last_block(model)
+    trims = forward.can_trim_last_block(model)
     assert trims == (not name.startswith("beit"))  # BEiT mean-pools the patches: nothing to trim
     if trims:
         with torch.no_grad():
-            torch.testing.assert_close(E._prefix_only_forward(model, x), model(x), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(forward.prefix_only_forward(model, x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_public_smoothgrad_equals_reference_on_a_vit_and_a_cnn() -> None:
+    cnn = make_model("resnet")  # any classifier: pixels only, no patch grid
+    for model, x in ((MODELS["vit"], _x(MODELS["vit"])), (cnn, torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)))):
+        ref = oracles.smoothgrad(model, x, None, n_samples=4, generator=torch.Generator().manual_seed(6))
+        ours = iu.smoothgrad(model, x, None, n_samples=4, generator=torch.Generator().manual_seed(6), batch_size=5)
+        torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_no_public_fast_names() -> None:
+    assert not [n for n in iu.__all__ if n.endswith("_fast")]
