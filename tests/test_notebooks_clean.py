@@ -1,6 +1,8 @@
 """Notebooks in git are clean sources: no outputs, no execution counts, a papermill
 ``parameters`` cell declaring the common parameters (ARCHITECTURE.md), and the plain
-``python3`` kernel (papermill starts the kernel the notebook names)."""
+``python3`` kernel (papermill starts the kernel the notebook names). Every notebook is written
+by its source in tools/notebook_sources/, has at most 60 lines of code, and uses only iavutils
+names that exist."""
 
 from __future__ import annotations
 
@@ -56,19 +58,53 @@ def test_no_control_characters(notebook: Path) -> None:
         assert not bad, f"{notebook.name} cell {i}: control characters {bad}"
 
 
-def test_generated_notebooks_match_their_source(notebook: Path) -> None:
-    """00–07 come from tools/make_notebooks.py: the committed file is exactly what it writes."""
+def _generator():
     import importlib.util
-
-    import nbformat
 
     spec = importlib.util.spec_from_file_location("make_notebooks", REPO / "tools" / "make_notebooks.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    if notebook.stem not in gen.BUILDERS:
-        pytest.skip(f"{notebook.name} is edited by hand (not generated)")
+    return gen
+
+
+def test_generated_notebooks_match_their_source(notebook: Path) -> None:
+    """Every notebook comes from tools/notebook_sources/: the committed file is exactly what it writes."""
+    import nbformat
+
+    gen = _generator()
+    assert notebook.stem in gen.BUILDERS, f"{notebook.name} has no source in tools/notebook_sources/"
     expected = nbformat.writes(gen.build(notebook.stem)) + "\n"
     assert notebook.read_text() == expected, (
-        f"{notebook.name} differs from tools/make_notebooks.py: edit the generator and run "
+        f"{notebook.name} differs from its source in tools/notebook_sources/: edit the source and run "
         f"`python tools/make_notebooks.py`, never the notebook"
     )
+
+
+def test_at_most_60_lines_of_code(notebook: Path) -> None:
+    """Notebooks are parameters, calls, figures and prose: the computations live in iavutils."""
+    lines = sum(len("".join(c["source"]).split("\n")) for c in _load(notebook)["cells"] if c["cell_type"] == "code")
+    assert lines <= 60, f"{notebook.name}: {lines} lines of code (at most 60: move the computation into iavutils)"
+
+
+def test_every_iavutils_name_a_notebook_uses_exists(notebook: Path) -> None:
+    """The notebooks cannot run here (no book run), but every iavutils module and name they use must exist."""
+    import ast
+    import importlib
+
+    modules: dict[str, object] = {}
+    for cell in _load(notebook)["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        tree = ast.parse("".join(cell["source"]))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("iavutils"):
+                mod = importlib.import_module(node.module)
+                for alias in node.names:
+                    try:  # a submodule (from iavutils.analysis import explanations) or a name in the module
+                        modules[alias.asname or alias.name] = importlib.import_module(f"{node.module}.{alias.name}")
+                    except ModuleNotFoundError:
+                        assert hasattr(mod, alias.name), f"{notebook.name}: {node.module} has no {alias.name}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+                mod = modules[node.value.id]
+                assert hasattr(mod, node.attr), f"{notebook.name}: {mod.__name__} has no {node.attr}"

@@ -19,6 +19,8 @@ from .explanations import EXPLANATION_METHODS, gmar_vs_rollout
 
 __all__ = [
     "AUC_TABLES",
+    "NO_MASKS_AAV",
+    "NO_MASKS_LOCALIZATION",
     "comparison_table",
     "gmar_verdict",
     "localization_tables",
@@ -34,6 +36,19 @@ AUC_TABLES: tuple[tuple[str, str], ...] = (
     ("auc_positive", "positive perturbation AUC (lower = better)"),
     ("auc_negative", "negative perturbation AUC (higher = better)"),
     ("auc_patch_positive", "patch masking AUC, IAV Fig. 5 (lower = better)"),
+)
+
+#: What the chapter says instead of the localization, for a dataset without masks (``{dataset}``).
+NO_MASKS_LOCALIZATION = (
+    "**Skipped: {dataset} has no object masks**, so there is nothing to localize against "
+    "(pixel accuracy, mIoU, AP and the pointing game need a ground-truth mask). The "
+    "perturbation AUCs above do not need masks and are computed."
+)
+
+#: What the chapter says instead of the AAV with the mask, for a dataset without masks.
+NO_MASKS_AAV = (
+    "**Skipped: {dataset} has no object masks**, so the AAV with the mask cannot be "
+    "computed; chapter 05 shows the AAV with a reference model's SmoothGrad instead."
 )
 
 

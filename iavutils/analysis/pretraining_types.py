@@ -20,6 +20,7 @@ from .separability import SeparabilityResult
 __all__ = [
     "per_model_accuracy",
     "pretraining_labels",
+    "pretraining_table",
     "separability_verdict",
     "too_few_models",
     "trend_frame",
@@ -31,6 +32,15 @@ def pretraining_labels(presets: Sequence[str]) -> dict[str, int]:
     from .checkpoints import pretraining
 
     return {p: int(pretraining(p) == "self-supervised") for p in presets}
+
+
+def pretraining_table(presets: Sequence[str]) -> Any:
+    """The pretraining type of each model (one column, indexed by preset)."""
+    import pandas as pd
+
+    from .checkpoints import pretraining
+
+    return pd.DataFrame({"pretraining": [pretraining(p) for p in presets]}, index=list(presets))
 
 
 def too_few_models(labels: Mapping[str, int]) -> str:

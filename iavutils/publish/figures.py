@@ -18,6 +18,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from ..core.metrics import LOCALIZATION_METRICS
 from .style import HIGH_COLOR, LOW_COLOR, model_color, model_label, model_palette
 
 __all__ = [
@@ -29,8 +30,27 @@ __all__ = [
     "mask_aav_lines",
     "perturbation_curves",
     "permutation_nulls",
+    "show",
+    "show_tables",
     "trend_lines",
 ]
+
+
+def show(fig: Figure, *tables: Any) -> None:
+    """Show a figure in the notebook, then the tables that go with it."""
+    from IPython.display import display
+
+    plt.show()
+    for t in tables:
+        display(t)
+
+
+def show_tables(tables: Mapping[str, Any]) -> None:
+    """Show ``{title: table}`` in the notebook, each table under its title in bold."""
+    from IPython.display import Markdown, display
+
+    for title, t in tables.items():
+        display(Markdown(f"**{title}**"), t)
 
 
 def _label_legend(texts: Any, models: Sequence[str]) -> None:
@@ -81,14 +101,16 @@ def auc_bars(table: pd.DataFrame, models: Sequence[str], order: Sequence[str]) -
     return g.figure
 
 
-def localization_bars(table: pd.DataFrame, models: Sequence[str], order: Sequence[str], metrics: Sequence[str]) -> Figure:
+def localization_bars(
+    table: pd.DataFrame, models: Sequence[str], order: Sequence[str], metrics: Sequence[str] = LOCALIZATION_METRICS
+) -> Figure:
     """Localization means per method and metric, one bar per model.
 
     Args:
         table: :func:`iavutils.analysis.explanations.explanation_table`.
         models: Models in display order.
         order: Methods in display order.
-        metrics: Localization metrics (``iavutils.core.metrics.LOCALIZATION_METRICS``).
+        metrics: Localization metrics (default: all of them).
     """
     loc = table.melt(id_vars=["model", "method"], value_vars=list(metrics), var_name="metric", value_name="value")
     g = sns.catplot(data=loc, y="method", x="value", hue="model", col="metric", kind="bar",
@@ -103,10 +125,11 @@ def localization_bars(table: pd.DataFrame, models: Sequence[str], order: Sequenc
 
 def explanation_grid(
     results: Mapping[str, Mapping[str, Any]],
-    imgs: Mapping[str, Any],
+    dataset: str,
     models: Sequence[str],
     order: Sequence[str],
     n_examples: int,
+    spec: Any = None,
 ) -> Figure:
     """The maps side by side: per image and model a row, per method a column (min-max per map).
 
@@ -114,15 +137,21 @@ def explanation_grid(
 
     Args:
         results: ``{model: run_explanation_eval(...)}`` (their ``map.{method}``).
-        imgs: :func:`iavutils.analysis.images.load_images` of the same images (``x``, ``mask``).
+        dataset: The dataset the results were computed on.
         models: Models (rows within each image).
         order: Methods (columns).
         n_examples: Images shown (the first ones).
+        spec: The :class:`~iavutils.core.spec.AnalysisSpec` of the results (its ``num_images``
+            and ``seed`` choose the same images; ``None``: the defaults).
     """
+    from ..analysis.images import load_images
     from ..core.metrics import to_pixel_maps
+    from ..core.spec import AnalysisSpec
     from ..world.models import PRESETS
 
+    spec = AnalysisSpec() if spec is None else spec
     info0 = PRESETS[models[0]]
+    imgs = load_images(dataset, info0, spec.num_images, spec.seed)
     show = list(range(min(n_examples, imgs["x"].shape[0])))
     masks = ["mask"] if "mask" in imgs else []  # no mask column for a dataset without masks
     cols = ["image"] + masks + list(order)
