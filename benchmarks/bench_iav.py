@@ -2,7 +2,7 @@
 
 Rows:
 
-* **ours** — ``iavutils.core.engine.iav_fast`` at its best settings for the device (CPU: fp32, eager,
+* **ours** — ``iavutils.iav`` (:func:`iavutils.core.scores.iav`) at its best settings for the device (CPU: fp32, eager,
   automatic chunk; GPU: bf16 autocast + ``torch.compile``, with the bf16 deviation printed).
 * **baseline** — what a user writes from the anchors: timm ``AttentionExtract`` (fx, fused
   attention switched off) for the maps, one plain forward for the predicted class, captum
@@ -48,8 +48,12 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iavutils.core import engine  # noqa: E402
-from iavutils.core.attribution import noise_seeds, patch_pool  # noqa: E402
+from iavutils.core.attribution import patch_pool  # noqa: E402
+from iavutils.core.chunking import auto_chunk_size  # noqa: E402
+from iavutils.core.noise import noise_seeds  # noqa: E402
+from iavutils.core.scores import iav  # noqa: E402
+from iavutils.core.spec import AnalysisSpec  # noqa: E402
+from iavutils.core.sweep import BF16_TOLERANCE  # noqa: E402
 from iavutils.core.hooks import model_geometry  # noqa: E402
 from iavutils.core.scores import ia_score  # noqa: E402
 from iavutils.world.store import atomic_write  # noqa: E402
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--model", default="tiny-dino", help="tiny-dino (default) | vit-b16 | any preset")
     ap.add_argument("--images", type=int, default=None, help="images per run (tiny: 32, vit-b16: 2)")
     ap.add_argument("--n", type=int, default=None, help="SmoothGrad samples (tiny: 25, vit-b16: 4)")
-    ap.add_argument("--noise-level", type=float, default=0.15)
+    ap.add_argument("--noise-level", type=float, default=AnalysisSpec().noise_level)
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (tiny: 5, vit-b16: 3)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--chunk-size", default="auto", help="'auto' or samples per gradient chunk")
@@ -346,12 +350,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours_threads: int | None = None
 
     def ours(gen_seed: int = 0, chunk_size: Any = chunk, autocast: Any = ac, comp: bool = use_compile) -> Tensor:
-        return engine.iav_fast(
+        return iav(
             model, x, None, n, args.noise_level, torch.Generator().manual_seed(gen_seed),
             chunk_size=chunk_size, memory_budget=budget, autocast=autocast, compile=comp, num_threads=ours_threads,
         )
 
-    plan = engine.auto_chunk_size(model, (3, *geo.img_size), B * n, device, budget, ac) if chunk == "auto" else None
+    plan = auto_chunk_size(model, (3, *geo.img_size), B * n, device, budget, ac) if chunk == "auto" else None
     report: dict[str, Any] = {
         "model": args.model, "note": note, "device": str(device), "device_name": _device_name(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "images": B, "n": n,
@@ -383,8 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if ac is not None or use_compile:
         fast = ours(0)  # warm-up incl. compilation
         dev = float((fast.float() - ref32).abs().nan_to_num(0).max())
-        report["fast_settings_deviation"] = {"max_abs_diff": dev, "tolerance": engine.BF16_TOLERANCE, "ok": dev <= engine.BF16_TOLERANCE}
-        print(f"best settings vs fp32: max |ΔIA| = {dev:.2e} (tolerance {engine.BF16_TOLERANCE})")
+        report["fast_settings_deviation"] = {"max_abs_diff": dev, "tolerance": BF16_TOLERANCE, "ok": dev <= BF16_TOLERANCE}
+        print(f"best settings vs fp32: max |ΔIA| = {dev:.2e} (tolerance {BF16_TOLERANCE})")
     print(f"(checks took {time.perf_counter() - t0:.1f} s)")
 
     # ---- CPU threads for ours: on a shared, oversubscribed CPU one thread can beat two ----
@@ -395,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             probe: dict[int, list[float]] = {1: [], default_threads: []}
             for _ in range(2 if big else 3):
                 for th in probe:
-                    probe[th].append(timed(lambda: engine.iav_fast(
+                    probe[th].append(timed(lambda: iav(
                         model, probe_x, None, n_probe, args.noise_level, torch.Generator().manual_seed(0),
                         chunk_size=chunk, memory_budget=budget, num_threads=th), device))
             ours_threads = min(probe, key=lambda t: statistics.median(probe[t]))

@@ -35,8 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iavutils.core import engine  # noqa: E402
-from iavutils.core.attribution import noise_seeds  # noqa: E402
+from iavutils.core.attribution import smoothgrad_passes  # noqa: E402
+from iavutils.core.noise import NOISE_MODES, noise_seeds  # noqa: E402
+from iavutils.core.scores import clean_cls_attention  # noqa: E402
+from iavutils.core.spec import AnalysisSpec  # noqa: E402
 from iavutils.core.scores import ia_score  # noqa: E402
 from iavutils.world.store import atomic_write  # noqa: E402
 
@@ -94,9 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-max", type=int, default=64)
     ap.add_argument("--ref-n", type=int, default=400)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--noise-level", type=float, default=0.15)
+    ap.add_argument("--noise-level", type=float, default=AnalysisSpec().noise_level)
     ap.add_argument("--tol", type=float, default=0.005)
-    ap.add_argument("--modes", default=",".join(engine.NOISE_MODES))
+    ap.add_argument("--modes", default=",".join(NOISE_MODES))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -107,10 +109,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, x, note = load(args.model, args.images, args.split)
     B = x.shape[0]
     print(f"model: {note}; {B} embedded/{args.split} images; noise_level={args.noise_level}; reference: plain n={args.ref_n}")
-    logits, rows = engine.engine_cls_attention(model, x)
+    logits, rows = clean_cls_attention(model, x)
     target = logits.argmax(-1)
 
-    ref_patches = engine.smoothgrad_fast(
+    ref_patches = smoothgrad_passes(
         model, x, target, args.ref_n, args.noise_level, seeds=noise_seeds(B, torch.Generator().manual_seed(999_999)),
     )["patches"]
     ref = ia_score(ref_patches, rows)  # [B,L,H]
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the same seeds for every mode (common random numbers make the modes comparable)
         seeds = noise_seeds(B, torch.Generator().manual_seed(1000 + rep))
         for mode in modes:
-            out = engine.smoothgrad_fast(
+            out = smoothgrad_passes(
                 model, x, target, args.n_max, args.noise_level, seeds=seeds, noise=mode, checkpoints=checkpoints,
             )
             for n, patches in out["checkpoints"].items():
