@@ -26,3 +26,9 @@ def test_import_is_lazy() -> None:
     code = "import sys, iavutils; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_one_implementation_per_method() -> None:
+    # the engine is the public API: no `_fast` twins
+    assert not [n for n in iavutils.__all__ if n.endswith("_fast")]
+    assert iavutils._EXPORTS["smoothgrad"] == "core.attribution" and iavutils._EXPORTS["iav"] == "core.scores"

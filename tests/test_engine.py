@@ -278,7 +278,3 @@ def test_public_smoothgrad_equals_reference_on_a_vit_and_a_cnn() -> None:
         ref = oracles.smoothgrad(model, x, None, n_samples=4, generator=torch.Generator().manual_seed(6))
         ours = iu.smoothgrad(model, x, None, n_samples=4, generator=torch.Generator().manual_seed(6), batch_size=5)
         torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
-
-
-def test_no_public_fast_names() -> None:
-    assert not [n for n in iu.__all__ if n.endswith("_fast")]

@@ -257,3 +257,31 @@ def test_bad_inputs_fail_loudly(images):
         iu.record_attention(model, bad)
     with pytest.raises(ValueError, match=r"\[B,C,H,W\]"):
         iu.record_attention(model, images[0])
+
+
+def test_taps_and_switches_restore_the_model_also_after_an_exception(images):
+    from iavutils.core import hooks
+
+    model = make_model("vit")
+    for p in list(model.parameters())[::2]:
+        p.requires_grad_(False)
+    before = snapshot(model)
+    keep = torch.ones(model.blocks[0].attn.proj.in_features)
+    keep[:16] = 0.0
+    seen: list[int] = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with (
+            hooks.frozen_params(model),
+            hooks.record_output(model.blocks[-1].norm1) as store,
+            hooks.tap_inputs(list(model.blocks), lambda i, x: seen.append(i)),
+            hooks.head_mask(model, {0: (keep, None)}),
+            hooks.ClsRowTap(model, model.num_prefix_tokens) as tap,
+        ):
+            with torch.no_grad():
+                masked = model(images)
+            assert store["output"].shape[:2] == (3, 17) and seen == [0, 1] and tap.pop().shape == (3, 2, 2, 16)
+            assert all(not p.requires_grad for p in model.parameters())
+            raise RuntimeError("boom")
+    assert_same_state(before, snapshot(model))
+    with torch.no_grad():
+        assert not torch.allclose(masked, model(images))  # the mask changed the forward
