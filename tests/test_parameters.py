@@ -157,7 +157,8 @@ def test_analysis_spec_from_a_notebooks_parameters() -> None:
     import iavutils.core.spec as spec_module
 
     assert parameters.NOISE_MODES == spec_module.NOISE_MODES  # the literal copy agrees
-    assert set(SPEC_PARAMETERS) <= set(PARAMETERS) and set(SPEC_PARAMETERS) < {f for f in AnalysisSpec.__dataclass_fields__}
+    assert set(SPEC_PARAMETERS) <= set(PARAMETERS)
+    assert set(SPEC_PARAMETERS) < set(AnalysisSpec.__dataclass_fields__)
     # A notebook's namespace: its analysis parameters are taken, the rest is ignored.
     namespace = {"model": "tiny", "num_images": 8, "n_samples": 3, "seed": 2, "progress": "a module", "example": 0}
     assert analysis_spec(namespace) == AnalysisSpec(num_images=8, n_samples=3, seed=2)

@@ -89,7 +89,7 @@ def models_in_run(requested: Sequence[str], dataset: str, run_dir: str | os.Path
 
     The chapters show only the models their ``model`` parameter names; this is the "and every
     other model of the run" view, which a chapter gives on request (``model="all"``, see
-    :func:`select_models`).
+    :func:`~iavutils.analysis.runs.select_models`).
     """
     return sorted(set(requested) | set(finetuned_in_run(dataset, run_dir)), key=_preset_order)
 
@@ -116,7 +116,7 @@ def ensure_finetuned(
     Args:
         preset: Preset name.
         dataset: ``"embedded"`` or ``"cifar10"``.
-        run_dir: Run directory (see :func:`resolve_run_dir`).
+        run_dir: Run directory (see :func:`~iavutils.analysis.runs.resolve_run_dir`).
         recipe: Key of :data:`iavutils.world.training.RECIPES` (``None``/``""``: ``"tiny"`` for
             embedded presets, else ``"paper"``).
         epochs: Override of the recipe's number of epochs.
@@ -268,7 +268,7 @@ def checkpoint_key(
         preset: Preset name.
         dataset: Dataset the preset was finetuned on.
         epoch: Checkpoint epoch.
-        run_dir: Run directory (see :func:`resolve_run_dir`).
+        run_dir: Run directory (see :func:`~iavutils.analysis.runs.resolve_run_dir`).
         version: The computation's version: bump it when its definition changes, so that stale
             cache entries are not reused.
         version_field: Name of the version field (``"v"`` here; modules whose caches were

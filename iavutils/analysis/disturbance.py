@@ -41,9 +41,10 @@ def masking_curves(
 ) -> pd.DataFrame:
     """Accuracy when the most relevant patches are blacked out first (Fig. 5), last checkpoint.
 
-    The orderings (:data:`MASK_METHODS`) come from the cached :func:`checkpoint_analysis` of the
-    same images: last-layer attention (mean over heads), attention averaged over all heads of
-    all layers, patch-mean SmoothGrad, and a seeded random order.
+    The orderings (:data:`MASK_METHODS`) come from the cached
+    :func:`~iavutils.analysis.iavs.checkpoint_analysis` of the same images: last-layer attention
+    (mean over heads), attention averaged over all heads of all layers, patch-mean SmoothGrad,
+    and a seeded random order.
 
     Args:
         presets: Preset names.
