@@ -25,8 +25,7 @@ from torch import Tensor, nn
 
 from ..core.hooks import eval_mode, head_mask, tap_inputs
 from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
-from ..core.rollout import gmar_head_weights
-from .explanations import attention_and_grads
+from ..core.rollout import attention_and_grads, gmar_head_weights
 
 __all__ = [
     "ablate_heads",

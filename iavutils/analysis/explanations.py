@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core.attribution import gradcam, patch_pool, resolve_target, smoothgrad
-from ..core.hooks import eval_mode, model_geometry, record_attention
+from ..core.geometry import model_geometry
+from ..core.hooks import eval_mode, record_attention
 from ..core.metrics import (
     DEFAULT_FRACTIONS,
     LOCALIZATION_METRICS,
@@ -26,16 +27,7 @@ from ..core.metrics import (
     perturbation_curve,
 )
 from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
-from ..core.rollout import attention_rollout, gmar_from_grads, gradient_rollout_from_grads
-
-try:  # the one copy, made public in core.rollout by the core helper (issue 10)
-    from ..core.rollout import attention_and_grads
-except ImportError:  # until then: the private one, same maths, (attn, grads) only
-    from ..core.rollout import _attention_and_grads as _core_attention_and_grads
-
-    def attention_and_grads(model: nn.Module, x: Tensor, target: int | Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Attention ``[B,L,H,N,N]`` and ``∂y_c/∂A`` (transitional wrapper of core.rollout's)."""
-        return _core_attention_and_grads(model, x, target, "attention_and_grads")[:2]
+from ..core.rollout import attention_and_grads, attention_rollout, gmar_from_grads, gradient_rollout_from_grads
 from ..core.scores import aav, cls_attention
 from ..core.spec import AnalysisSpec
 

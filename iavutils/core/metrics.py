@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attribution import patch_pool
-from .hooks import eval_mode, model_geometry
+from .geometry import model_geometry
+from .hooks import eval_mode
 from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
 __all__ = [
