@@ -16,7 +16,7 @@ from conftest import make_model
 from safetensors.torch import save_file
 
 import iavutils as iu
-from iavutils.core import engine, hooks
+from iavutils.core import attribution, hooks, scores, sweep
 from iavutils.world import hub, training
 from iavutils.world.models import PRESETS, WeightsNotAvailableError, load_model
 from iavutils.world.store import ResultStore
@@ -182,8 +182,7 @@ CALLS = {
     "iav": lambda m, x, t: iu.iav(m, x, t, n_samples=1),
     "gmar": lambda m, x, t: iu.gmar(m, x, t),
     "gradient_rollout": lambda m, x, t: iu.gradient_rollout(m, x, t),
-    "iav_fast": lambda m, x, t: engine.iav_fast(m, x, t, n_samples=1),
-    "smoothgrad_fast": lambda m, x, t: engine.smoothgrad_fast(m, x, t, n_samples=1),
+    "smoothgrad_passes": lambda m, x, t: attribution.smoothgrad_passes(m, x, t, n_samples=1),
 }
 
 
@@ -215,7 +214,7 @@ def test_good_target_forms_agree(vit, images):
 
 def test_iav_dataset_target_names():
     with pytest.raises(ValueError, match="target must be 'pred' .* or 'label', got 'labels'"):
-        engine.iav_dataset(make_model("vit"), [], target="labels")
+        sweep.iav_dataset(make_model("vit"), [], target="labels")
 
 
 # ---- dtype and device of the input --------------------------------------------------------------
@@ -223,7 +222,7 @@ def test_iav_dataset_target_names():
 ENTRY_POINTS = {
     "record_attention": lambda m, x: iu.record_attention(m, x),
     "aav": lambda m, x: iu.aav(m, x, torch.ones(x.shape[0], 32, 32)),
-    "engine_cls_attention": lambda m, x: engine.engine_cls_attention(m, x),
+    "clean_cls_attention": lambda m, x: scores.clean_cls_attention(m, x),
     **{k: (lambda f: lambda m, x: f(m, x, 0))(f) for k, f in CALLS.items()},
 }
 

@@ -63,12 +63,12 @@ def compute_iavs(
     """IAVs of a set of images — the one place the notebooks compute them.
 
     With ``indices`` (dataset positions) the SmoothGrad noise of each image is seeded by
-    :func:`iavutils.core.engine.image_seed` ``(seed, index)``, so an image gets the same noise whatever
+    :func:`iavutils.core.noise.image_seed` ``(seed, index)``, so an image gets the same noise whatever
     subset or batch it is computed in, and every model sees the same noise for the same image.
     Without, the per-image seeds come from ``torch.Generator().manual_seed(seed)`` as in the
     ARCHITECTURE.md noise-stream contract.
 
-    Computed by the engine (:mod:`iavutils.core.engine`: CLS rows only, chunked SmoothGrad); the
+    Computed by the engine (:func:`iavutils.core.scores.clean_cls_attention`: CLS rows only; :func:`iavutils.core.attribution.smoothgrad_passes`: chunked SmoothGrad); the
     straightforward reference implementation it agrees with, up to float summation order, is
     the tests' oracle.
 
@@ -88,10 +88,10 @@ def compute_iavs(
         ``iav [B,L,H]``, ``smoothgrad [B,H,W]`` (pixels), ``cls_attn [B,L,H,P]``,
         ``logits [B,C]``, ``targets [B]`` — all on the CPU.
     """
-    from ..core.attribution import noise_seeds, patch_pool
-    from ..core.engine import engine_cls_attention, image_seed, smoothgrad_fast
+    from ..core.attribution import patch_pool, smoothgrad_passes
+    from ..core.noise import image_seed, noise_seeds
     from ..core.hooks import model_geometry
-    from ..core.scores import ia_score
+    from ..core.scores import clean_cls_attention, ia_score
 
     spec = AnalysisSpec() if spec is None else spec
     seed = spec.seed
@@ -104,11 +104,11 @@ def compute_iavs(
         seeds = torch.tensor([image_seed(seed, int(i)) for i in indices], dtype=torch.long)
     else:
         seeds = noise_seeds(B, torch.Generator().manual_seed(int(seed)))
-    logits, cls = engine_cls_attention(model, x)
+    logits, cls = clean_cls_attention(model, x)
     logits, cls = logits.detach().float().cpu(), cls.detach().float().cpu()
     t = logits.argmax(1) if targets is None else torch.as_tensor(targets).long().cpu().clone()
-    sg = smoothgrad_fast(model, x, t.to(dev), spec.n_samples, spec.noise_level, seeds=seeds, noise=spec.noise,
-                         grid=geo.grid, return_pixels=True, progress=spec.progress)
+    sg = smoothgrad_passes(model, x, t.to(dev), spec.n_samples, spec.noise_level, seeds=seeds, noise=spec.noise,
+                           grid=geo.grid, return_pixels=True, progress=spec.progress)
     phi = sg["pixels"].detach().cpu()
     scores = ia_score(patch_pool(phi, geo.grid), cls)
     return {"iav": scores, "smoothgrad": phi, "cls_attn": cls, "logits": logits, "targets": t}
