@@ -343,7 +343,7 @@ def run_explanation_eval(
     """
     from ..world.store import ResultStore
     from ..world.training import list_checkpoints, load_checkpoint
-    from .checkpoints import checkpoint_fingerprint, resolve_device
+    from .checkpoints import checkpoint_key, resolve_device
     from .iavs import checkpoint_analysis
     from .images import has_masks, load_images, warn_no_masks
     from .runs import resolve_run_dir
@@ -362,8 +362,9 @@ def run_explanation_eval(
         warn_no_masks(dataset, "localization against the masks (pixel accuracy, mIoU, AP, pointing "
                                "game) and the AAV with the mask")
     key = {
-        "version": _EVAL_VERSION, "preset": preset, "dataset": dataset, "epoch": epoch,
-        "fingerprint": checkpoint_fingerprint(ckpts[epoch]), **spec.cache_key(),
+        # The field names of the first version of this cache ("version", "fingerprint") keep it valid.
+        **checkpoint_key(preset, dataset, epoch, run, _EVAL_VERSION, version_field="version", fingerprint_field="fingerprint"),
+        **spec.cache_key(),
         "methods": list(methods), "fractions": [float(f) for f in fractions],
     }
 

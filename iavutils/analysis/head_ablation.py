@@ -157,7 +157,7 @@ def run_head_ablation(
     from ..core.scores import global_iav, head_types
     from ..world.store import ResultStore
     from ..world.training import list_checkpoints, load_checkpoint
-    from .checkpoints import checkpoint_fingerprint, resolve_device
+    from .checkpoints import checkpoint_key, resolve_device
     from .iavs import checkpoint_analysis
     from .images import load_images
     from .runs import resolve_run_dir
@@ -171,8 +171,9 @@ def run_head_ablation(
         raise FileNotFoundError(f"no checkpoints of {preset!r} on {dataset!r} in {run}: finetune it first")
     epoch = max(ckpts) if epoch is None else int(epoch)
     key = {
-        "version": _ABLATION_VERSION, "preset": preset, "dataset": dataset, "epoch": epoch,
-        "fingerprint": checkpoint_fingerprint(ckpts[epoch]), **spec.cache_key(),
+        # The field names of the first version of this cache ("version", "fingerprint") keep it valid.
+        **checkpoint_key(preset, dataset, epoch, run, _ABLATION_VERSION, version_field="version", fingerprint_field="fingerprint"),
+        **spec.cache_key(),
         "ablation_images": ablation_images, "mode": mode,
     }
     if max_subsets != 20:  # the default keeps the keys (and caches) of earlier runs
