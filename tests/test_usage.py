@@ -180,18 +180,20 @@ print("heavy:", heavy)
 
 def test_literal_tables_agree_with_the_library() -> None:
     from iavutils.world import data, models, training
-    from iavutils.analysis import runs
+    from iavutils.analysis import run_dirs, runs
 
     assert runs.PRESET_NAMES == tuple(models.PRESETS)
     assert runs.TINY_PRESETS == tuple(models.TINY_PRESETS) and runs.REAL_PRESETS == tuple(models.REAL_PRESETS)
     assert runs.RECIPE_SUMMARY == {k: {"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr}
                                    for k, r in training.RECIPES.items()}
     assert runs.TRAIN_IMAGES["embedded"] == data.DATASETS["embedded"].splits["train"]
+    # runs re-exports run_dirs' parsing: one implementation, the same answers
+    assert runs.parse_models is run_dirs.parse_models
     for spec in ("tiny", "real", "tiny-dino, deit,tiny-dino", "embedded"):
-        assert runs.parse_models(spec) == ex.parse_models(spec)
+        assert runs.parse_models(spec) == run_dirs.parse_models(spec)
     for bad in ("tiny-nope", " , "):
         with pytest.raises(ValueError) as a:
             runs.parse_models(bad)
         with pytest.raises(ValueError) as b:
-            ex.parse_models(bad)
+            run_dirs.parse_models(bad)
         assert str(a.value) == str(b.value)

@@ -1,3 +1,3 @@
-"""The experiments: run plumbing (run directories, checkpoints, the analysis specification and its
-cache) and one module per chapter. Imports ``world`` and ``core``.
+"""The analyses: run plumbing (run directories, finetuned checkpoints, held-out images, the cached
+per-checkpoint IAV analysis) and one module per chapter. Imports ``world`` and ``core``.
 """

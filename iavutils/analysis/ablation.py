@@ -5,8 +5,9 @@ output projection's input (``blocks[l].attn.proj``: the heads' outputs concatena
 at channels ``h·d … (h+1)·d−1`` with ``d = in_features / num_heads``). Ablating a head replaces
 that slice, in a forward pre-hook on ``attn.proj``, by zeros (``mode="zero"``) or by its mean
 over a reference set at the same token position (``mode="mean"``, mean ablation, which keeps
-the activation statistics the next layers expect). Hooks live only inside
-:func:`ablate_heads`, which removes them in ``finally``.
+the activation statistics the next layers expect). The hooks are
+:func:`iavutils.core.hooks.head_mask` and :func:`~iavutils.core.hooks.tap_inputs`, context
+managers that remove them in ``finally``; :func:`ablate_heads` only says which heads.
 
 Measured per head (or group): drop of top-1 accuracy and drop of the mean target (label) logit,
 and each head's mean GMAR weight. Chapter 10's statistics, cached run and verdict (relating the

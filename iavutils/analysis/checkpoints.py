@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..world.store import ResultStore
-from .runs import finetuned_in_run, resolve_run_dir
+from .run_dirs import finetuned_in_run, resolve_run_dir
 
 __all__ = [
     "DEFAULT_TINY",

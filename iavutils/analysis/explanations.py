@@ -346,7 +346,7 @@ def run_explanation_eval(
     from .checkpoints import checkpoint_key, resolve_device
     from .iavs import checkpoint_analysis
     from .images import has_masks, load_images, warn_no_masks
-    from .runs import resolve_run_dir
+    from .run_dirs import resolve_run_dir
 
     spec = AnalysisSpec() if spec is None else spec
     target = spec.target

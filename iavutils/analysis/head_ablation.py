@@ -160,7 +160,7 @@ def run_head_ablation(
     from .checkpoints import checkpoint_key, resolve_device
     from .iavs import checkpoint_analysis
     from .images import load_images
-    from .runs import resolve_run_dir
+    from .run_dirs import resolve_run_dir
 
     spec = AnalysisSpec() if spec is None else spec
     progress = spec.progress

@@ -29,7 +29,6 @@ __all__ = [
     "compute_head_maps",
     "load_head_maps",
     "parse_indices",
-    "top_heads",
 ]
 
 # Bump when the computation changes, so that stale cache entries are not reused.
@@ -173,7 +172,7 @@ def load_head_maps(
     from ..world.training import list_checkpoints, load_checkpoint
     from .checkpoints import checkpoint_key, resolve_device, result_store
     from .images import default_split
-    from .runs import resolve_run_dir
+    from .run_dirs import resolve_run_dir
 
     spec = AnalysisSpec() if spec is None else spec
     root = resolve_run_dir(run_dir)

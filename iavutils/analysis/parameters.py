@@ -116,7 +116,7 @@ def _choice(*choices: str) -> Callable[[Any, Mapping[str, Any]], str | None]:
 
 
 def _model(v: Any, _: Mapping[str, Any]) -> str | None:
-    from .runs import parse_models  # light: no torch
+    from .run_dirs import parse_models  # light: no torch
 
     if not isinstance(v, str):
         return "not a string"
@@ -163,7 +163,7 @@ def _device(v: Any, _: Mapping[str, Any]) -> str | None:
 def _aav_reference(v: Any, _: Mapping[str, Any]) -> str | None:
     if v is None or v in ("", "auto"):
         return None
-    from .runs import PRESET_NAMES
+    from .run_dirs import PRESET_NAMES
 
     return None if isinstance(v, str) and v in PRESET_NAMES else "not a preset"
 
@@ -193,7 +193,7 @@ def _image_index(v: Any, _: Mapping[str, Any]) -> str | None:
 def _recipe(v: Any, _: Mapping[str, Any]) -> str | None:
     if v is None or v == "":
         return None
-    from .runs import RECIPE_SUMMARY
+    from .run_dirs import RECIPE_SUMMARY
 
     return None if isinstance(v, str) and v in RECIPE_SUMMARY else "not a recipe"
 
@@ -203,7 +203,7 @@ def _finetune(v: Any, _: Mapping[str, Any]) -> str | None:
 
 
 def _recipes_text() -> str:
-    from .runs import RECIPE_SUMMARY  # light: importing this module must not import torch
+    from .run_dirs import RECIPE_SUMMARY  # light: importing this module must not import torch
 
     return ", ".join(repr(r) for r in RECIPE_SUMMARY)
 
@@ -212,7 +212,7 @@ def _recipes_text() -> str:
 
 
 def _table() -> dict[str, Parameter]:
-    from .runs import PRESET_NAMES
+    from .run_dirs import PRESET_NAMES
 
     rows = [
         Parameter("model", f"a preset ({', '.join(PRESET_NAMES)}), several comma-separated, 'tiny' (the four "

@@ -248,7 +248,6 @@ def smoothgrad_passes(
     P = grid[0] * grid[1] if grid is not None else 0
     acc = torch.zeros(B, P, dtype=torch.float32, device=device)
     acc_pix = torch.zeros(B, Hh, Ww, dtype=torch.float32, device=device) if return_pixels else None
-    snaps: dict[int, Tensor] = {}
     if marks:
         # running sums per checkpoint: sample k contributes to every mark > k
         mark_t = torch.tensor(marks, device=device)

@@ -4,7 +4,7 @@ Every progress bar of :mod:`iavutils` goes through :func:`progress_bar` (and its
 :func:`tqdm`, which keeps tqdm's call signature and ``tqdm.write``), so that one switch decides
 where progress goes:
 
-* ``IAV_PROGRESS_FILE=<path>`` set (the book runner, :mod:`iavutils.publish.book`, sets it for each
+* ``IAV_PROGRESS_FILE=<path>`` set (the book runner, :mod:`iavutils.publish.runner`, sets it for each
   kernel it starts): bars and :func:`write` messages are appended as plain text to that file,
   throttled to one update per :data:`FILE_MININTERVAL_S`; the runner relays them to its
   terminal and builds its heartbeat lines from them. Nothing reaches the notebook, so nothing

@@ -388,7 +388,7 @@ def build_explorer(
         ``(widget, maps)``.
     """
     from ..analysis.checkpoints import models_in_run
-    from ..analysis.runs import parse_models, resolve_dataset
+    from ..analysis.run_dirs import parse_models, resolve_dataset
     from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 
     overrides = {"n_samples": n_samples, "noise_level": noise_level, "device": device, "seed": seed,

@@ -246,7 +246,7 @@ def entropy_boxes(df: pd.DataFrame, max_entropy: float | None = None) -> Figure:
     """Fig. 6b: per-image entropy of each head of one layer, a group of boxes per model.
 
     Args:
-        df: :func:`iavutils.analysis.experiments.last_layer_entropy` frame.
+        df: :func:`iavutils.analysis.receptive_field.last_layer_entropy` frame.
         max_entropy: ``log P`` (uniform attention), drawn as a dashed line.
     """
     models = _models(df)
@@ -279,7 +279,7 @@ def global_iav_heatmaps(df: pd.DataFrame, score: str = "IAV", epoch: int | None 
     """global-IAV (or AAV) ``[L,H]`` of each model at one epoch, heads sorted within a layer.
 
     Args:
-        df: :func:`iavutils.analysis.experiments.global_scores_over_epochs` frame.
+        df: :func:`iavutils.analysis.global_iav.global_scores_over_epochs` frame.
         score: Which score (``"IAV"``, ``"AAV (tiny-dino)"``, ``"AAV (mask)"``).
         epoch: ``None``: each model's last analysed epoch.
         vmax: Colour scale maximum.
