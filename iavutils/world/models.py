@@ -47,6 +47,7 @@ from .hub import (
     _looks_offline,
     _offline_message,
 )
+from . import presets
 from .presets import (
     EXTRA_PRESETS,
     HALF,
@@ -63,15 +64,9 @@ from .presets import (
 )
 from .weights import _adapt_state, _load_backbone, convert_hf_beit_to_timm, load_state_dict_file, safetensors_problem
 
+# The preset table's names are public here too, next to the model builders.
 __all__ = [
-    "ModelInfo",
-    "PRESETS",
-    "TINY_PRESETS",
-    "REAL_PRESETS",
-    "EXTRA_PRESETS",
-    "TINY_CONFIG",
-    "WEIGHTS_DIR",
-    "WeightsNotAvailableError",
+    *presets.__all__,
     "load_model",
     "build_model",
     "load_state_dict_file",

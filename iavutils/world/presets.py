@@ -104,40 +104,36 @@ class ModelInfo:
         return x * std + mean
 
 
-def _tiny(preset: str, arch: str, pretraining: str, method: str, source: str) -> ModelInfo:
-    grid = TINY_CONFIG["img_size"] // TINY_CONFIG["patch_size"]
-    return ModelInfo(
-        preset=preset,
-        timm_name=f"{arch}(tiny)",
-        arch=arch,
-        input_size=(TINY_CONFIG["img_size"],) * 2,
-        mean=HALF,
-        std=HALF,
-        pretraining=pretraining,
-        method=method,
-        source=source,
-        num_prefix_tokens=1,
-        patch_size=TINY_CONFIG["patch_size"],
-        grid=(grid, grid),
-    )
+def _real(
+    preset: str, timm_name: str, arch: str, mean, std, pretraining: str, method: str, source: str,
+    hub_id: str | None, *, img_size: int = 224, patch_size: int = 16,
+) -> ModelInfo:
+    """A preset's :class:`ModelInfo`: a square input cut into a square grid, one CLS token.
 
-
-def _real(preset: str, timm_name: str, arch: str, mean, std, pretraining: str, method: str, source: str, hub_id: str):
+    The defaults are the paper's ViT-B/16 at 224 pixels; :func:`_tiny` passes the tiny ones.
+    """
+    grid = img_size // patch_size
     return ModelInfo(
         preset=preset,
         timm_name=timm_name,
         arch=arch,
-        input_size=(224, 224),
+        input_size=(img_size,) * 2,
         mean=mean,
         std=std,
         pretraining=pretraining,
         method=method,
         source=source,
         num_prefix_tokens=1,
-        patch_size=16,
-        grid=(14, 14),
+        patch_size=patch_size,
+        grid=(grid, grid),
         hub_id=hub_id,
     )
+
+
+def _tiny(preset: str, arch: str, pretraining: str, method: str, source: str) -> ModelInfo:
+    """A tiny preset: the shared :data:`TINY_CONFIG` geometry, weights shipped (no hub)."""
+    return _real(preset, f"{arch}(tiny)", arch, HALF, HALF, pretraining, method, source, None,
+                 img_size=TINY_CONFIG["img_size"], patch_size=TINY_CONFIG["patch_size"])
 
 
 TINY_PRESETS = ("tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k")
