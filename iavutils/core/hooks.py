@@ -74,7 +74,32 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-class AttentionRecorder:
+class _Installed:
+    """What the hook classes share: ``__enter__`` installs their hooks and switches, and undoes
+    a partial install when it fails; ``__exit__`` (and ``release``) undoes it.
+
+    A subclass defines ``_install`` and ``release`` (which must undo any part of an install).
+    """
+
+    def _install(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        try:
+            self._install()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class AttentionRecorder(_Installed):
     """Record the post-softmax attention of every block during a forward.
 
     Inside the context, each block's attention runs its eager path (``fused_attn = False``,
@@ -111,25 +136,20 @@ class AttentionRecorder:
         if self._active:
             raise RuntimeError("AttentionRecorder is not re-entrant")
         self._active = True
-        try:
-            self._saved_training = [(m, m.training) for m in self.model.modules()]
-            if self.eval:
-                self.model.eval()
-            for layer, blk in enumerate(self.model.blocks):
-                attn = blk.attn
-                # Remember whether the attribute was set on the instance or came from the class.
-                had = "fused_attn" in attn.__dict__
-                self._saved_fused.append((attn, had, getattr(attn, "fused_attn", False)))
-                attn.fused_attn = False
-                self._handles.append(attn.attn_drop.register_forward_hook(self._make_hook(layer)))
-            self._handles.append(self.model.register_forward_pre_hook(self._reset))
-        except BaseException:
-            self._restore()
-            raise
-        return self
+        return super().__enter__()
 
-    def __exit__(self, *exc: object) -> None:
-        self._restore()
+    def _install(self) -> None:
+        self._saved_training = [(m, m.training) for m in self.model.modules()]
+        if self.eval:
+            self.model.eval()
+        for layer, blk in enumerate(self.model.blocks):
+            attn = blk.attn
+            # Remember whether the attribute was set on the instance or came from the class.
+            had = "fused_attn" in attn.__dict__
+            self._saved_fused.append((attn, had, getattr(attn, "fused_attn", False)))
+            attn.fused_attn = False
+            self._handles.append(attn.attn_drop.register_forward_hook(self._make_hook(layer)))
+        self._handles.append(self.model.register_forward_pre_hook(self._reset))
 
     def release(self) -> None:
         """Remove hooks and restore flags (what ``__exit__`` does); safe to call twice."""
@@ -227,7 +247,7 @@ def record_attention(model: nn.Module, x: Tensor, *, grad: bool = False) -> tupl
 # the CLS-row tap of the clean pass
 
 
-class ClsRowTap:
+class ClsRowTap(_Installed):
     """Forward pre-hooks that compute each block's CLS row from the attention input.
 
     The model keeps its fused attention; each hook hands the attention module's input to
@@ -257,16 +277,11 @@ class ClsRowTap:
 
     def __enter__(self) -> ClsRowTap:
         self.rows = []
-        try:
-            for a in self.attns:
-                self._handles.append(a.register_forward_pre_hook(self._hook, with_kwargs=True))
-        except BaseException:
-            self.release()
-            raise
-        return self
+        return super().__enter__()
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def _install(self) -> None:
+        for a in self.attns:
+            self._handles.append(a.register_forward_pre_hook(self._hook, with_kwargs=True))
 
     def release(self) -> None:
         """Removes every hook this tap registered."""
