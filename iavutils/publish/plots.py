@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from . import style
 from .style import (  # the colours and labels, importable from here as before
     HIGH_COLOR,
     LOW_COLOR,
@@ -34,17 +35,9 @@ from .style import (  # the colours and labels, importable from here as before
     setup,
 )
 
+# The colours and labels of style stay public here, so a figure cell needs one import.
 __all__ = [
-    "MODEL_COLORS",
-    "MODEL_LABELS",
-    "METHOD_COLORS",
-    "HIGH_COLOR",
-    "LOW_COLOR",
-    "setup",
-    "model_color",
-    "model_label",
-    "model_palette",
-    "epoch_shades",
+    *style.__all__,
     "accuracy_curves",
     "robustness_curves",
     "training_dynamics",

@@ -115,23 +115,24 @@ class RehearsalResult:
         return not self.failure and self.build_status == 0
 
 
+def _set_environment(values: Mapping[str, str | None]) -> None:
+    """Sets environment variables; ``None`` removes one (so unset ones are restored as unset)."""
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
 def _environment(values: Mapping[str, str | None]) -> Iterator[None]:
     """Sets (or, for ``None``, removes) environment variables; restores them afterwards."""
     old = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environment(values)
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environment(old)
 
 
 def first_failure(nb_path: str | os.PathLike, name: str) -> str:

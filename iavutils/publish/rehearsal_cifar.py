@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,13 @@ def py2_pickle(obj: Any) -> bytes:
     def string(b: bytes) -> None:
         out.extend(b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + len(b).to_bytes(4, "little") + b)
 
+    def marked(items: Iterable[Any], end: bytes) -> None:
+        # MARK, the items, then the opcode that collects everything since the mark.
+        out.extend(b"(")
+        for x in items:
+            emit(x)
+        out.extend(end)
+
     def emit(o: Any) -> None:
         if o is None:
             out.extend(b"N")
@@ -67,25 +75,15 @@ def py2_pickle(obj: Any) -> bytes:
                     emit(x)
                 out.extend({1: b"\x85", 2: b"\x86", 3: b"\x87"}[len(o)])
             else:
-                out.extend(b"(")
-                for x in o:
-                    emit(x)
-                out.extend(b"t")
+                marked(o, b"t")
         elif isinstance(o, list):
             out.extend(b"]")
             if o:
-                out.extend(b"(")
-                for x in o:
-                    emit(x)
-                out.extend(b"e")
+                marked(o, b"e")
         elif isinstance(o, dict):
             out.extend(b"}")
             if o:
-                out.extend(b"(")
-                for k, v in o.items():
-                    emit(k)
-                    emit(v)
-                out.extend(b"u")
+                marked((x for kv in o.items() for x in kv), b"u")
         elif isinstance(o, np.ndarray):
             # numpy 1.x's ndarray.__reduce__ under Python 2, as in the official files.
             a = np.ascontiguousarray(o)
