@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .spec import NOISE_MODES
 
-__all__ = ["NOISE_MODES", "NoiseStream", "image_seed", "noise_seeds", "noise_stream"]
+__all__ = ["NOISE_MODES", "NoiseStream", "image_seed", "noise_seeds", "noise_stream", "pair_seed"]
 
 NoiseMode = Literal["gaussian", "antithetic", "quasi"]
 
@@ -49,6 +49,32 @@ def image_seed(base_seed: int, index: int) -> int:
     dataset below 2³² images.
     """
     return ((int(base_seed) << 32) + int(index)) % (2**62)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def pair_seed(image_seed: int, pair: int) -> int:
+    """Seed of antithetic pair ``pair`` of an image in the precision mode (:mod:`iavutils.core.precision`).
+
+    The precision mode draws an image's noise as a sequence of antithetic pairs ``(ε_u, −ε_u)``,
+    ``u = 0, 1, 2, ...``; ``ε_u`` is the first ``randn(C,H,W)`` draw of a CPU generator seeded with
+    ``pair_seed(image_seed, u)``. A round that adds pairs continues the sequence (nothing is
+    redrawn), and pair ``u`` depends only on the image's seed and ``u``, not on the batch, the
+    round or how many pairs are drawn in all. The mixing is SplitMix64's output ``u + 1`` of the
+    state ``image_seed``: nearby image seeds and pair numbers give unrelated seeds.
+
+    Args:
+        image_seed: The image's seed (:func:`image_seed` ``(seed, index)`` in the sweeps).
+        pair: The pair's number ``u >= 0``.
+
+    Returns:
+        A seed in ``[0, 2**62)``.
+    """
+    z = (int(image_seed) + (int(pair) + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) % (2**62)
 
 
 class NoiseStream:

@@ -3,7 +3,8 @@
 :func:`iav_dataset` seeds the noise of the image at dataset index ``i`` with
 :func:`~iavutils.core.noise.image_seed` ``(seed, i)``, so an image's result does not depend on
 which other images share its batch or process (:mod:`iavutils.analysis.distributed` relies on
-this). :func:`autocast_deviation` measures how far bf16 autocast moves the IA-Scores
+this). With ``tol`` it runs the precision mode of :mod:`iavutils.core.precision` over the whole
+set. :func:`autocast_deviation` measures how far bf16 autocast moves the IA-Scores
 (compare with ``BF16_TOLERANCE``).
 """
 
@@ -16,9 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from .chunking import auto_chunk_size
-from .geometry import check_grad_mode
+from .geometry import check_grad_mode, model_geometry
+from .hooks import threads
 from .noise import image_seed
-from .scores import iav
+from .precision import check_precision, precision_passes
+from .scores import clean_cls_attention, iav
 from .spec import AnalysisSpec
 
 __all__ = ["BF16_TOLERANCE", "autocast_deviation", "iav_dataset"]
@@ -91,6 +94,8 @@ def iav_dataset(
     num_threads: int | None = None,
     keep_cls_attention: bool = False,
     progress: bool = True,
+    tol: float | None = _D.tol,
+    max_samples: int = _D.max_samples,
 ) -> dict[str, Tensor]:
     """IAVs of a whole dataset (or the listed indices), for sweeps.
 
@@ -113,15 +118,25 @@ def iav_dataset(
         num_threads: CPU threads for the engine calls (restored afterwards).
         keep_cls_attention: also return the ``[N,L,H,P]`` CLS rows (large for big sweeps).
         progress: tqdm over images.
+        tol: Target precision of every head's global-IAV over the processed images, or
+            ``None`` (fixed ``n_samples``). With ``tol``, SmoothGrad draws antithetic pairs in
+            rounds over all images until every head's estimated error (jackknife over 8
+            replicate groups, 95 %) is within ``tol`` (:mod:`iavutils.core.precision`);
+            ``n_samples`` and ``noise`` are unused, the images are read once per round, and
+            the ``[N,L,H,P]`` CLS rows are held in memory.
+        max_samples: Cap on the samples per image with ``tol`` (a warning when reached).
 
     Returns:
         dict with ``iav [N,L,H]``, ``targets [N]``, ``preds [N]``, ``labels [N]`` (-1 if the
         dataset has none), ``indices [N]``, ``seeds [N]``, ``cls_attention [N,L,H,P]``,
-        ``attribution [N,P]``.
+        ``attribution [N,P]``; with ``tol`` also ``n_used`` (samples per image, a 0-dim
+        tensor) and ``error [L,H]`` (each head's estimated error bound).
     """
     if target not in ("pred", "predicted", "label"):
         raise ValueError(f"target must be 'pred' (alias 'predicted': the predicted class) or 'label', got {target!r}")
     check_grad_mode("iav_dataset")
+    if tol is not None:
+        check_precision(tol, max_samples)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if indices is None and num_images is not None and not isinstance(dataset_or_loader, torch.utils.data.DataLoader):
         indices = range(min(num_images, len(dataset_or_loader)))
@@ -142,6 +157,24 @@ def iav_dataset(
     )
     if num_images is not None:
         total = min(total, num_images)
+
+    def groups() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        # the image groups in index order; the precision mode reads them once per round
+        done = 0
+        for xb, yb, ib in _iter_batches(dataset_or_loader, indices, images_per_call):
+            if num_images is not None and done >= num_images:
+                break
+            if num_images is not None and done + len(ib) > num_images:
+                keep = num_images - done
+                xb, yb, ib = xb[:keep], yb[:keep], ib[:keep]
+            done += len(ib)
+            yield xb.to(device), yb, ib
+
+    if tol is not None:
+        return _iav_to_precision(model, groups, target, tol, max_samples, noise_level, seed, num_threads,
+                                 keep_cls_attention, progress, chunk_size=chunk_size, memory_budget=memory_budget,
+                                 autocast=autocast, compile=compile)
+
     bar = None
     if progress:
         from .progress import tqdm  # one progress helper: widgets, terminal, or the book runner
@@ -149,15 +182,8 @@ def iav_dataset(
         bar = tqdm(total=total, desc="IAV", unit="img")
     keys = ["iav", "targets", "preds", "labels", "indices", "seeds", "attribution"]
     outs: dict[str, list[Tensor]] = {k: [] for k in keys + (["cls_attention"] if keep_cls_attention else [])}
-    done = 0
     try:
-        for xb, yb, ib in _iter_batches(dataset_or_loader, indices, images_per_call):
-            if num_images is not None and done >= num_images:
-                break
-            if num_images is not None and done + len(ib) > num_images:
-                keep = num_images - done
-                xb, yb, ib = xb[:keep], yb[:keep], ib[:keep]
-            xb = xb.to(device)
+        for xb, yb, ib in groups():
             seeds = torch.tensor([image_seed(seed, int(i)) for i in ib], dtype=torch.long)
             tgt = None
             if target == "label":
@@ -178,7 +204,6 @@ def iav_dataset(
             if keep_cls_attention:
                 outs["cls_attention"].append(det["cls_attention"].float().cpu())
             outs["attribution"].append(det["attribution"].cpu())
-            done += len(ib)
             if bar is not None:
                 bar.update(len(ib))
     finally:
@@ -187,6 +212,54 @@ def iav_dataset(
     if not outs["iav"]:
         raise ValueError("no images to process")
     return {k: torch.cat(v) for k, v in outs.items()}
+
+
+def _iav_to_precision(
+    model: nn.Module,
+    groups: Any,
+    target: str,
+    tol: float,
+    max_samples: int,
+    noise_level: float,
+    seed: int,
+    num_threads: int | None,
+    keep_cls_attention: bool,
+    progress: bool,
+    **engine: Any,
+) -> dict[str, Tensor]:
+    """``iav_dataset`` in the precision mode: a clean pass over the images, then rounds of pairs."""
+    geo = model_geometry(model)
+    keys = ["targets", "preds", "labels", "indices", "seeds", "cls_attention"]
+    outs: dict[str, list[Tensor]] = {k: [] for k in keys}
+    with threads(num_threads):
+        for xb, yb, ib in groups():
+            if target == "label" and bool((yb < 0).any()):
+                raise ValueError("target='label' needs labelled items")
+            logits, cls = clean_cls_attention(model, xb)
+            preds = logits.argmax(-1).cpu()
+            outs["targets"].append(yb.clone() if target == "label" else preds)
+            outs["preds"].append(preds)
+            outs["labels"].append(yb.cpu())
+            outs["indices"].append(ib.cpu())
+            outs["seeds"].append(torch.tensor([image_seed(seed, int(i)) for i in ib], dtype=torch.long))
+            outs["cls_attention"].append(cls.float().cpu())
+        if not outs["targets"]:
+            raise ValueError("no images to process")
+        res = {k: torch.cat(v) for k, v in outs.items()}
+
+        def batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+            pos = 0
+            for xb, _, ib in groups():  # the same groups, in the same order, every round
+                yield torch.arange(pos, pos + len(ib)), xb, res["seeds"][pos : pos + len(ib)]
+                pos += len(ib)
+
+        run = precision_passes(model, batches, res["cls_attention"], res["targets"], tol=tol,
+                               max_samples=max_samples, noise_level=noise_level, grid=geo.grid, progress=progress,
+                               **engine)
+    res.update(iav=run["iav"], attribution=run["patches"], n_used=torch.tensor(run["n_used"]), error=run["error"])
+    if not keep_cls_attention:
+        del res["cls_attention"]
+    return res
 
 
 # --------------------------------------------------------------------------------------------
