@@ -49,7 +49,7 @@ from .checkpoints import (
 )
 from .images import default_split, load_images
 
-__all__ = ["compute_iavs", "checkpoint_analysis", "analyses"]
+__all__ = ["compute_iavs", "checkpoint_analysis", "analyses", "precision_table"]
 
 
 def compute_iavs(
@@ -81,12 +81,17 @@ def compute_iavs(
             ``noise_level`` (noise as a fraction of each image's value range), ``noise`` (the
             noise stream), ``seed`` (of the SmoothGrad noise), ``device`` (where to compute) and
             ``progress`` (a tqdm bar over the SmoothGrad chunks). ``num_images`` and ``target``
-            are the caller's: it passes the images and ``targets``.
+            are the caller's: it passes the images and ``targets``. With ``spec.tol`` the
+            precision mode runs instead (:mod:`iavutils.core.precision`: antithetic pairs in
+            rounds over these images until every head's global-IAV is within ``tol``, at most
+            ``spec.max_samples`` per image); ``n_samples`` and ``noise`` are then unused.
         indices: Dataset index of each image (see above).
 
     Returns:
         ``iav [B,L,H]``, ``smoothgrad [B,H,W]`` (pixels), ``cls_attn [B,L,H,P]``,
-        ``logits [B,C]``, ``targets [B]`` — all on the CPU.
+        ``logits [B,C]``, ``targets [B]`` — all on the CPU; with ``spec.tol`` also ``n_used``
+        (samples per image, 0-dim) and ``error [L,H]`` (each head's estimated error bound of
+        global-IAV).
     """
     from ..core.attribution import patch_pool, smoothgrad_passes
     from ..core.noise import image_seed, noise_seeds
@@ -107,6 +112,14 @@ def compute_iavs(
     logits, cls = clean_cls_attention(model, x)
     logits, cls = logits.detach().float().cpu(), cls.detach().float().cpu()
     t = logits.argmax(1) if targets is None else torch.as_tensor(targets).long().cpu().clone()
+    if spec.tol is not None:
+        from ..core.precision import precision_passes
+
+        run = precision_passes(model, lambda: [(torch.arange(B), x, seeds)], cls, t, tol=spec.tol,
+                               max_samples=spec.max_samples, noise_level=spec.noise_level, grid=geo.grid,
+                               return_pixels=True, progress=spec.progress)
+        return {"iav": run["iav"], "smoothgrad": run["pixels"], "cls_attn": cls, "logits": logits, "targets": t,
+                "n_used": torch.tensor(run["n_used"]), "error": run["error"]}
     sg = smoothgrad_passes(model, x, t.to(dev), spec.n_samples, spec.noise_level, seeds=seeds, noise=spec.noise,
                            grid=geo.grid, return_pixels=True, progress=spec.progress)
     phi = sg["pixels"].detach().cpu()
@@ -139,7 +152,8 @@ def checkpoint_analysis(
     Returns:
         ``iav [N,L,H]``, ``smoothgrad [N,H,W]``, ``cls_attn [N,L,H,P]``, ``logits [N,C]``,
         ``labels [N]``, ``targets [N]``, ``indices [N]`` and, where the dataset has object masks,
-        ``mask [N,H,W]``.
+        ``mask [N,H,W]``; with ``spec.tol`` also ``n_used`` (SmoothGrad samples per image, a
+        0-dim tensor) and ``error [L,H]`` (each head's estimated error bound of global-IAV).
     """
     spec = AnalysisSpec() if spec is None else spec
     if epoch is None:
@@ -186,6 +200,37 @@ def analyses(
     for p, e in _progress(jobs, desc, spec.progress):
         out.setdefault(p, {})[e] = checkpoint_analysis(p, dataset, e, run_dir=run_dir, spec=spec)
     return out
+
+
+def precision_table(
+    presets: Sequence[str], dataset: str, *, run_dir: Any = "", spec: AnalysisSpec | None = None
+) -> Any:
+    """How precise each model's global-IAV is at its last checkpoint: one row per model.
+
+    Args:
+        presets: Preset names.
+        dataset: Dataset they were finetuned on.
+        run_dir: Run directory.
+        spec: The analysis specification (``None``: the defaults).
+
+    Returns:
+        A ``pandas.DataFrame`` with ``model``, ``n per image`` and ``noise``; with ``spec.tol``
+        also ``tol`` and the largest and median estimated error over the heads (the cached
+        :func:`checkpoint_analysis`; nothing is computed for the fixed-n mode).
+    """
+    import pandas as pd
+
+    spec = AnalysisSpec() if spec is None else spec
+    rows = []
+    for p in presets:
+        if spec.tol is None:
+            rows.append({"model": p, "n per image": spec.n_samples, "noise": spec.noise})
+            continue
+        r = checkpoint_analysis(p, dataset, None, run_dir=run_dir, spec=spec)
+        err = r["error"].flatten()
+        rows.append({"model": p, "n per image": int(r["n_used"]), "noise": "antithetic", "tol": spec.tol,
+                     "largest error": float(err.nan_to_num(0.0).max()), "median error": float(err.nanmedian())})
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- per-head views

@@ -108,6 +108,17 @@ def _real(lo: float, lo_open: bool) -> Callable[[Any, Mapping[str, Any]], str | 
     return check
 
 
+def _tol(v: Any, values: Mapping[str, Any]) -> str | None:
+    if v is None:
+        return None
+    reason = _real(0.0, lo_open=True)(v, values)
+    if reason is None and v >= 1:
+        return "not below 1 (IA-Scores lie in [0, 1])"
+    if reason is None and values.get("noise", "gaussian") == "quasi":
+        return "the precision mode draws antithetic pairs; with tol set, noise must be 'gaussian' or 'antithetic'"
+    return reason
+
+
 def _choice(*choices: str) -> Callable[[Any, Mapping[str, Any]], str | None]:
     def check(v: Any, _: Mapping[str, Any]) -> str | None:
         return None if isinstance(v, str) and v in choices else "not one of the choices"
@@ -234,6 +245,12 @@ def _table() -> dict[str, Parameter]:
                   "'gaussian')",
                   "the SmoothGrad noise stream (gaussian: independent draws; antithetic: pairs +eps, -eps; quasi: "
                   "randomly shifted scrambled Sobol points)", _choice(*NOISE_MODES)),
+        Parameter("tol", "None (fixed n = n_samples) or a number above 0 and below 1, e.g. 0.005",
+                  "the target precision of every head's global-IAV: SmoothGrad draws antithetic noise in rounds "
+                  "until each head's estimated error (jackknife, 95 %) is within tol (n_samples is then unused)",
+                  _tol),
+        Parameter("max_samples", "an integer >= 16 (400 by default)",
+                  "the cap on SmoothGrad noisy copies per image when tol is set", _int_at_least(16)),
         Parameter("device", "'auto', 'cpu', 'cuda' or 'cuda:<index>' (CUDA only where available)",
                   "where to compute", _device),
         Parameter("seed", "an integer >= 0", "seeds the image subset and the noise", _int_at_least(0)),
@@ -333,7 +350,9 @@ def check_parameters(values: Mapping[str, Any], names: Any = None) -> None:
 
 
 #: The notebook parameters that are fields of :class:`~iavutils.core.spec.AnalysisSpec`.
-SPEC_PARAMETERS: tuple[str, ...] = ("num_images", "n_samples", "noise_level", "noise", "seed", "target", "device")
+SPEC_PARAMETERS: tuple[str, ...] = (
+    "num_images", "n_samples", "noise_level", "noise", "seed", "target", "device", "tol", "max_samples",
+)
 
 
 def analysis_spec(values: Mapping[str, Any] | None = None, /, **parameters: Any) -> AnalysisSpec:
