@@ -22,7 +22,8 @@ device = "auto"  # auto: CUDA if available, else CPU
 seed = 0  # image subset and SmoothGrad noise'''
 
 ANALYSIS_EXTRA = '''
-target = "label"  # class explained by SmoothGrad: label (ground truth) or predicted'''
+target = "label"  # class explained by SmoothGrad: label (ground truth) or predicted
+tol = None  # None: n_samples per image; a number (e.g. 0.005): antithetic noise until every head's global-IAV is within tol'''
 
 FINETUNE_PARAMETER = '''
 finetune = "auto"  # missing finetuning: auto finetunes tiny presets here and stops for hub presets with the command to run; True finetunes here; False stops'''

@@ -35,7 +35,7 @@ the embedded dataset also has ground-truth object masks, which give a second AAV
 epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one always)
 aav_reference = "auto"  # preset whose last-checkpoint SmoothGrad is the AAV map (auto: the DINO-like one)
 example = 0  # which analysed image Fig. 2 shows'''),
-        setup("05_global_iav", "checkpoints, images, global_iav, class_discrimination", pandas=True),
+        setup("05_global_iav", "checkpoints, images, global_iav, class_discrimination, iavs", pandas=True),
         md(DEFINITIONS),
         md('''
 ## One image through every head (paper Fig. 2)
@@ -56,18 +56,19 @@ over_epochs = dict(stride=epoch_stride, aav_reference=aav_reference, run_dir=run
 scores = global_iav.global_scores_over_epochs(models, dataset, **over_epochs)
 uniform = global_iav.uniform_baselines(models, dataset, **over_epochs)
 fig = plots.head_profiles(scores, value="value", row="score", ylabel="mean IA-Score", ylim=(0, 1), baselines=uniform,
-                          title="global-IAV / global-AAV per head; heads sorted within a layer; darker = later epoch; "
-                                "dotted: uniform attention")
+                          title="global-IAV / global-AAV per head (sorted per layer); darker: later epoch; dotted: uniform")
 plt.show()
 '''),
         md('''
 The global-IAV per head and epoch, then the IA-Score a head with uniform attention would get
-(same maps), per epoch:
+(same maps), per epoch, and how many SmoothGrad samples each image got (with `tol` set: the
+largest and median estimated error of a head's global-IAV, methods page "Precision mode"):
 '''),
         code('''
 fig = plots.global_iav_heatmaps(scores, score="IAV")
 plt.show()
-display(uniform.pivot_table(index=["score", "model"], columns="epoch", values="baseline", sort=False).round(3))
+display(uniform.pivot_table(index=["score", "model"], columns="epoch", values="baseline", sort=False).round(3),
+        iavs.precision_table(models, dataset, run_dir=run, spec=spec))  # SmoothGrad's n, and the error with tol
 '''),
         md('''
 Mean global score of the later half of the layers, at the first and the last analysed epoch:
@@ -84,10 +85,9 @@ table["above uniform"] = table["last epoch"] - last_uniform.reindex(table.index)
 table.insert(0, "pretraining", [checkpoints.pretraining(m) for _, m in table.index])
 display(table.round(3))
 for score in dict.fromkeys(table.index.get_level_values("score")):
-    t = table.loc[score]
     for col, what in (("last epoch", "last epoch"), ("change", "change over finetuning"),
                       ("above uniform", "last epoch minus the uniform-attention score")):
-        display(Markdown(global_iav.pretraining_contrast(t[col].to_dict(), "self-supervised higher",
+        display(Markdown(global_iav.pretraining_contrast(table.loc[score, col].to_dict(), "self-supervised higher",
                                                          f"{score}, later layers, {what}")))
 '''),
         md('''

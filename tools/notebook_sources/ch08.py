@@ -58,6 +58,7 @@ device = "auto"  # auto: CUDA if available, else CPU
 seed = 0  # image subset, SmoothGrad noise, random map and tie-breaking
 finetune = "auto"  # missing finetuning: auto finetunes tiny presets here and stops for hub presets with the command to run; True finetunes here; False stops
 target = "label"  # class every method explains: label (ground truth) or predicted
+tol = None  # None: n_samples per image; a number (e.g. 0.005): antithetic noise until every head's global-IAV is within tol
 n_examples = 3  # images shown with every model's maps
 perturbation_steps = 9  # removed fractions k/(steps+1) for k from 1 to steps (9: 10 %, 20 %, ..., 90 %); fewer: faster
 '''),

@@ -46,6 +46,7 @@ device = "auto"  # auto: CUDA if available, else CPU
 seed = 0  # image subset and SmoothGrad noise
 finetune = "auto"  # missing finetuning: auto finetunes tiny presets here and stops for hub presets with the command to run; True finetunes here; False stops
 target = "label"  # class explained by SmoothGrad and GMAR: label (ground truth) or predicted
+tol = None  # None: n_samples per image; a number (e.g. 0.005): antithetic noise until every head's global-IAV is within tol
 ablation_images = 128  # held-out images the ablations are measured on (forwards only)
 ablation_mode = "zero"  # zero: zero the head output; mean: replace it by its mean
 ablation_subsets = 20  # same-size head subsets averaged per control group; fewer: faster

@@ -50,6 +50,7 @@ device = "auto"  # auto: CUDA if available, else CPU
 seed = 0  # image subset, SmoothGrad noise and Monte Carlo permutations
 finetune = "auto"  # missing finetuning: auto finetunes tiny presets here and stops for hub presets with the command to run; True finetunes here; False stops
 target = "label"  # class explained by SmoothGrad: label (ground truth) or predicted
+tol = None  # None: n_samples per image; a number (e.g. 0.005): antithetic noise until every head's global-IAV is within tol
 epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one always)
 unit = "checkpoint"  # checkpoint: one row per checkpoint; run: one row per model (the whole trend)
 num_permutations = 1000  # Monte Carlo budget; exact enumeration when it suffices
