@@ -315,3 +315,16 @@ def test_ensure_finetuned_takes_the_existing_run(tmp_path: Path) -> None:
     assert ckpt.stat().st_mtime_ns == stamp  # nothing retrained
     with pytest.raises(ValueError, match="different configuration"):
         ck.ensure_finetuned("tiny-sup", "embedded", tmp_path, epochs=2, device="cpu", progress=False)
+
+
+def test_checkpoint_analysis_with_tol_reports_n_and_error(run_dir: Path) -> None:
+    spec = SMALL.replace(tol=0.2, max_samples=32)
+    r = iavs.checkpoint_analysis("tiny-dino", "embedded", None, run_dir=run_dir, spec=spec)
+    assert r["error"].shape == r["iav"].shape[1:] == (6, 4)
+    assert int(r["n_used"]) in (16, 32)
+    assert int(r["n_used"]) == 32 or bool((r["error"] <= 0.2).all())  # stopped at tol, or at the cap
+    again = iavs.checkpoint_analysis("tiny-dino", "embedded", None, run_dir=run_dir, spec=spec)  # from the store
+    assert torch.equal(again["n_used"], r["n_used"]) and torch.equal(again["error"], r["error"])
+    assert "n_used" not in iavs.checkpoint_analysis("tiny-dino", "embedded", None, run_dir=run_dir, spec=SMALL)
+    table = iavs.precision_table(["tiny-dino"], "embedded", run_dir=run_dir, spec=spec)
+    assert table.loc[0, "n per image"] == int(r["n_used"]) and table.loc[0, "largest error"] >= 0

@@ -67,6 +67,11 @@ CASES = [
     ("num_images", True, {}, "parameter num_images = True is not accepted (not an integer)"),
     ("perturbation_steps", 0, {}, "parameter perturbation_steps = 0 is not accepted (below 1): expected an integer >= 1"),
     ("ablation_subsets", 2.0, {}, "parameter ablation_subsets = 2.0 is not accepted (not an integer)"),
+    ("tol", 0, {}, "parameter tol = 0 is not accepted (not above 0): expected None (fixed n = n_samples) or a number "
+                   "above 0 and below 1"),
+    ("tol", 1.5, {}, "parameter tol = 1.5 is not accepted (not below 1 (IA-Scores lie in [0, 1]))"),
+    ("tol", "0.01", {}, "parameter tol = '0.01' is not accepted (not a number)"),
+    ("max_samples", 8, {}, "parameter max_samples = 8 is not accepted (below 16): expected an integer >= 16"),
 ]
 
 
@@ -96,7 +101,7 @@ def test_accepted_values_pass() -> None:
                                 ("model", "tiny-dino,deit", {}), ("model", "all", {}), ("finetune", True, {}),
                                 ("finetune", "auto", {}), ("epochs", None, {}), ("recipe", "", {}),
                                 ("image_index", "0, 7,12", {}), ("image_index", 3, {}), ("aav_reference", "", {}),
-                                ("run_dir", "", {})]:
+                                ("run_dir", "", {}), ("tol", None, {}), ("tol", 0.005, {}), ("max_samples", 64, {})]:
         check_parameter(name, value, others)
 
 
