@@ -35,6 +35,7 @@ __all__ = [
     "run_summary",
     "checkpoint_epochs",
     "analysis_epochs",
+    "chosen_epoch",
     "checkpoint_path",
     "checkpoint_fingerprint",
     "checkpoint_key",
@@ -216,6 +217,30 @@ def analysis_epochs(preset: str, dataset: str, run_dir: str | os.PathLike | None
     if chosen[-1] != epochs[-1]:
         chosen.append(epochs[-1])
     return chosen
+
+
+def chosen_epoch(
+    preset: str, dataset: str, run_dir: str | os.PathLike | None = "", epoch: int | None = None
+) -> int:
+    """The checkpoint epoch a cached chapter computation analyses: ``epoch``, else the last one.
+
+    Args:
+        preset: Preset name.
+        dataset: Dataset the preset was finetuned on.
+        run_dir: Run directory (see :func:`~iavutils.analysis.runs.resolve_run_dir`).
+        epoch: The epoch asked for (``None``: the last checkpoint).
+
+    Returns:
+        The epoch, as an ``int``.
+
+    Raises:
+        FileNotFoundError: The run holds no checkpoint of ``preset`` on ``dataset``.
+    """
+    epochs = checkpoint_epochs(preset, dataset, run_dir)
+    if not epochs:
+        raise FileNotFoundError(
+            f"no checkpoints of {preset!r} on {dataset!r} in {resolve_run_dir(run_dir)}: finetune it first")
+    return epochs[-1] if epoch is None else int(epoch)
 
 
 def checkpoint_path(preset: str, dataset: str, run_dir: str | os.PathLike | None, epoch: int) -> Path:

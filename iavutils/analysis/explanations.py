@@ -342,8 +342,8 @@ def run_explanation_eval(
         ``epoch``.
     """
     from ..world.store import ResultStore
-    from ..world.training import list_checkpoints, load_checkpoint
-    from .checkpoints import checkpoint_key, resolve_device
+    from ..world.training import load_checkpoint
+    from .checkpoints import checkpoint_key, chosen_epoch, resolve_device
     from .iavs import checkpoint_analysis
     from .images import has_masks, load_images, warn_no_masks
     from .run_dirs import resolve_run_dir
@@ -352,10 +352,7 @@ def run_explanation_eval(
     target = spec.target
     run = resolve_run_dir(run_dir)
     dev = resolve_device(spec.device)
-    ckpts = dict(list_checkpoints(run, dataset, preset))
-    if not ckpts:
-        raise FileNotFoundError(f"no checkpoints of {preset!r} on {dataset!r} in {run}: finetune it first")
-    epoch = max(ckpts) if epoch is None else int(epoch)
+    epoch = chosen_epoch(preset, dataset, run, epoch)
     if target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
     if not has_masks(dataset):

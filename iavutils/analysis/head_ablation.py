@@ -156,8 +156,8 @@ def run_head_ablation(
     """
     from ..core.scores import global_iav, head_types
     from ..world.store import ResultStore
-    from ..world.training import list_checkpoints, load_checkpoint
-    from .checkpoints import checkpoint_key, resolve_device
+    from ..world.training import load_checkpoint
+    from .checkpoints import checkpoint_key, chosen_epoch, resolve_device
     from .iavs import checkpoint_analysis
     from .images import load_images
     from .run_dirs import resolve_run_dir
@@ -166,10 +166,7 @@ def run_head_ablation(
     progress = spec.progress
     run = resolve_run_dir(run_dir)
     dev = resolve_device(spec.device)
-    ckpts = dict(list_checkpoints(run, dataset, preset))
-    if not ckpts:
-        raise FileNotFoundError(f"no checkpoints of {preset!r} on {dataset!r} in {run}: finetune it first")
-    epoch = max(ckpts) if epoch is None else int(epoch)
+    epoch = chosen_epoch(preset, dataset, run, epoch)
     key = {
         # The field names of the first version of this cache ("version", "fingerprint") keep it valid.
         **checkpoint_key(preset, dataset, epoch, run, _ABLATION_VERSION, version_field="version", fingerprint_field="fingerprint"),

@@ -169,18 +169,14 @@ def load_head_maps(
         FileNotFoundError: the preset has no checkpoint in the run directory.
     """
     from ..world.data import get_dataset
-    from ..world.training import list_checkpoints, load_checkpoint
-    from .checkpoints import checkpoint_key, resolve_device, result_store
+    from ..world.training import load_checkpoint
+    from .checkpoints import checkpoint_key, chosen_epoch, resolve_device, result_store
     from .images import default_split
     from .run_dirs import resolve_run_dir
 
     spec = AnalysisSpec() if spec is None else spec
     root = resolve_run_dir(run_dir)
-    ckpts = dict(list_checkpoints(str(root), dataset, preset))
-    if not ckpts:
-        raise FileNotFoundError(
-            f"no checkpoints of {preset!r} on {dataset!r} in {root}: run notebooks/00_finetune first")
-    epoch = max(ckpts) if epoch is None else int(epoch)
+    epoch = chosen_epoch(preset, dataset, root, epoch)
     dev = resolve_device(spec.device)
     model, info = load_checkpoint(str(root), dataset, preset, epoch=epoch)
     model = model.to(dev).eval()

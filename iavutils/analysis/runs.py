@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import run_dirs
 from .run_dirs import (  # noqa: F401 - the names a setup cell imports from here
     PRESET_NAMES,
     REAL_PRESETS,
@@ -34,20 +35,8 @@ from .run_dirs import (  # noqa: F401 - the names a setup cell imports from here
     select_models,
 )
 
-__all__ = [
-    "TINY_PRESETS",
-    "REAL_PRESETS",
-    "PRESET_NAMES",
-    "FinetuningRequired",
-    "repo_root",
-    "resolve_run_dir",
-    "parse_models",
-    "resolve_dataset",
-    "finetuned_in_run",
-    "select_models",
-    "finetuning_status",
-    "finetuned_models",
-]
+# Everything run_dirs exports is public here too, so a setup cell needs one import.
+__all__ = [*run_dirs.__all__, "finetuned_models"]
 
 
 def _format_seconds(seconds: float) -> str:
