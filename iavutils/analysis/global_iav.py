@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from ..core.spec import AnalysisSpec
 from .checkpoints import _preset_order, _presets_module, pretraining
@@ -76,6 +77,54 @@ def default_aav_reference(presets: Sequence[str]) -> str | None:
     return None
 
 
+def _aav_maps(
+    presets: Sequence[str],
+    dataset: str,
+    run_dir: str | os.PathLike | None,
+    stride: int | None,
+    aav_reference: str | None,
+    spec: AnalysisSpec | None,
+    desc: str,
+) -> list[tuple[str, tuple[int, int], int, dict[str, Tensor], dict[str, Tensor]]]:
+    """Every analysed checkpoint with the maps its global-AAVs compare the attention with.
+
+    Shared by :func:`global_scores_over_epochs` and :func:`uniform_baselines`, so that both name
+    and take the same maps.
+
+    Args:
+        presets: Presets of the run.
+        dataset: Dataset name.
+        run_dir: Run directory.
+        stride: Epoch stride (``None``: last epoch only).
+        aav_reference: A preset, ``"auto"`` (:func:`default_aav_reference`) or ``None``/``""``.
+        spec: The analysis specification (``None``: the defaults).
+        desc: Progress bar label.
+
+    Returns:
+        ``(preset, grid, epoch, analysis, aav_maps)`` per preset and epoch (epochs in order):
+        ``aav_maps`` holds ``"AAV (<ref>)"`` (the reference's last-checkpoint SmoothGrad), when
+        there is a reference, and ``"AAV (mask)"``, when the dataset has masks; pixel maps ``[N,H,W]``.
+    """
+    spec = AnalysisSpec() if spec is None else spec
+    runs = analyses(presets, dataset, run_dir, stride, spec, desc)
+    if aav_reference == "auto":
+        aav_reference = default_aav_reference(list(presets))
+    ref_phi = None
+    if aav_reference:
+        ref_phi = checkpoint_analysis(aav_reference, dataset, None, run_dir=run_dir, spec=spec)["smoothgrad"]
+    out = []
+    for p, by_epoch in runs.items():
+        grid = _presets_module().PRESETS[p].grid
+        for e, r in sorted(by_epoch.items()):
+            aav_maps = {}
+            if ref_phi is not None:
+                aav_maps[f"AAV ({aav_reference})"] = ref_phi
+            if "mask" in r:
+                aav_maps["AAV (mask)"] = r["mask"]
+            out.append((p, grid, e, r, aav_maps))
+    return out
+
+
 def global_scores_over_epochs(
     presets: Sequence[str],
     dataset: str = "embedded",
@@ -106,27 +155,15 @@ def global_scores_over_epochs(
     from ..core.attribution import patch_pool
     from ..core.scores import global_iav, ia_score
 
-    spec = AnalysisSpec() if spec is None else spec
-    runs = analyses(presets, dataset, run_dir, stride, spec, "Fig. 7 maps")
-    if aav_reference == "auto":
-        aav_reference = default_aav_reference(list(presets))
-    ref_phi = None
-    if aav_reference:
-        ref = checkpoint_analysis(aav_reference, dataset, None, run_dir=run_dir, spec=spec)
-        ref_phi = ref["smoothgrad"]
+    checkpoints = _aav_maps(presets, dataset, run_dir, stride, aav_reference, spec, "Fig. 7 maps")
     if not has_masks(dataset):
         warn_no_masks(dataset, "the AAV with the object mask ('AAV (mask)')")
     rows = []
-    for p, by_epoch in runs.items():
-        grid = _presets_module().PRESETS[p].grid
-        for e, r in sorted(by_epoch.items()):
-            scores = {"IAV": r["iav"]}
-            if ref_phi is not None:
-                scores[f"AAV ({aav_reference})"] = ia_score(patch_pool(ref_phi, grid), r["cls_attn"])
-            if "mask" in r:
-                scores["AAV (mask)"] = ia_score(patch_pool(r["mask"], grid), r["cls_attn"])
-            for name, s in scores.items():
-                rows += _head_rows(p, global_iav(s.double()), {"epoch": e, "score": name}, "value")
+    for p, grid, e, r, aav_maps in checkpoints:
+        scores = {"IAV": r["iav"]}
+        scores.update({name: ia_score(patch_pool(m, grid), r["cls_attn"]) for name, m in aav_maps.items()})
+        for name, s in scores.items():
+            rows += _head_rows(p, global_iav(s.double()), {"epoch": e, "score": name}, "value")
     return pd.DataFrame(rows)
 
 
@@ -157,22 +194,11 @@ def uniform_baselines(
     """
     from ..core.attribution import patch_pool
 
-    spec = AnalysisSpec() if spec is None else spec
-    runs = analyses(presets, dataset, run_dir, stride, spec, "uniform baselines")
-    if aav_reference == "auto":
-        aav_reference = default_aav_reference(list(presets))
-    ref_phi = checkpoint_analysis(aav_reference, dataset, None, run_dir=run_dir, spec=spec)["smoothgrad"] if aav_reference else None
+    checkpoints = _aav_maps(presets, dataset, run_dir, stride, aav_reference, spec, "uniform baselines")
     rows = []
-    for p, by_epoch in runs.items():
-        grid = _presets_module().PRESETS[p].grid
-        for e, r in sorted(by_epoch.items()):
-            maps = {"IAV": r["smoothgrad"]}
-            if ref_phi is not None:
-                maps[f"AAV ({aav_reference})"] = ref_phi
-            if "mask" in r:
-                maps["AAV (mask)"] = r["mask"]
-            for name, m in maps.items():
-                phi = patch_pool(m.double(), grid)
-                cos = phi.sum(1) / (phi.norm(dim=1) * phi.shape[1] ** 0.5)
-                rows.append({"model": p, "epoch": e, "score": name, "baseline": float(torch.nanmean(cos))})
+    for p, grid, e, r, aav_maps in checkpoints:
+        for name, m in {"IAV": r["smoothgrad"], **aav_maps}.items():
+            phi = patch_pool(m.double(), grid)
+            cos = phi.sum(1) / (phi.norm(dim=1) * phi.shape[1] ** 0.5)
+            rows.append({"model": p, "epoch": e, "score": name, "baseline": float(torch.nanmean(cos))})
     return pd.DataFrame(rows)
