@@ -64,7 +64,6 @@ def class_separability(
     """
     from sklearn.metrics import silhouette_score
 
-    spec = AnalysisSpec() if spec is None else spec
     runs = analyses(presets, dataset, run_dir, None, spec, "Fig. 9 maps")
     rows = []
     for p, by_epoch in runs.items():

@@ -68,7 +68,6 @@ def training_dynamics(
         Columns ``model, epoch, phi_distance, attention_distance`` (+ ``phi_std``,
         ``attention_std``: the spread over images).
     """
-    spec = AnalysisSpec() if spec is None else spec
     runs = analyses(presets, dataset, run_dir, stride, spec, "Fig. 4 maps")
     rows = []
     for p, by_epoch in runs.items():

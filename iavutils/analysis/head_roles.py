@@ -42,7 +42,6 @@ def head_scores(
     """
     from ..core.scores import head_types
 
-    spec = AnalysisSpec() if spec is None else spec
     runs = analyses(presets, dataset, run_dir, None, spec, "Fig. 8 maps")
     frames = []
     for p, by_epoch in runs.items():

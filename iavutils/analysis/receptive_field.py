@@ -44,7 +44,6 @@ def entropy_over_epochs(
     """
     from ..core.scores import attention_entropy
 
-    spec = AnalysisSpec() if spec is None else spec
     runs = analyses(presets, dataset, run_dir, stride, spec, "Fig. 6 maps")
     rows = []
     for p, by_epoch in runs.items():
@@ -80,7 +79,6 @@ def last_layer_entropy(
     """
     from ..core.scores import attention_entropy
 
-    spec = AnalysisSpec() if spec is None else spec
     runs = analyses(presets, dataset, run_dir, None, spec, "Fig. 6b maps")
     rows = []
     for p, by_epoch in runs.items():
