@@ -37,6 +37,7 @@ from .noise import NoiseStream, noise_seeds, noise_stream
 from .spec import AnalysisSpec
 
 __all__ = [
+    "ENGINE_OPTIONS",
     "check_target",
     "gradcam",
     "noise_seeds",
@@ -153,6 +154,11 @@ def resolve_target(target: int | Tensor | None, logits: Tensor) -> Tensor:
     if (t < 0).any() or (t >= C).any():
         raise ValueError(f"target class out of range [0, {C}): {t.tolist()}")
     return t
+
+
+#: The engine options :func:`smoothgrad` passes on to :func:`smoothgrad_passes`, where they are
+#: declared with their defaults (the keyword-only arguments before ``grid``).
+ENGINE_OPTIONS: tuple[str, ...] = ("seeds", "noise", "chunk_size", "memory_budget", "autocast", "compile")
 
 
 def smoothgrad_passes(
@@ -315,13 +321,8 @@ def smoothgrad(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     *,
-    seeds: Tensor | None = None,
-    noise: str = _D.noise,
-    chunk_size: int | str | None = "auto",
-    memory_budget: int | None = None,
-    autocast: Any = None,
-    compile: bool | str = False,
     progress: bool = False,
+    **engine: Any,
 ) -> Tensor:
     """SmoothGrad attribution ``mean_k |d f^c(x + eps_k) / dx|``, averaged over channels.
 
@@ -342,40 +343,39 @@ def smoothgrad(
         batch_size: Forward/backward passes per chunk over the ``B*n`` noisy copies (an alias
             of ``chunk_size``, which it overrides). The result does not depend on it beyond
             float rounding.
-        seeds: Explicit ``[B]`` per-image seeds (overrides ``generator``).
-        noise: ``"gaussian"`` (the documented stream), ``"antithetic"`` or ``"quasi"``.
-        chunk_size: Samples per gradient chunk, or ``"auto"`` (sized for the device and a
-            memory budget, :func:`~iavutils.core.chunking.auto_chunk_size`).
-        memory_budget: Bytes for ``"auto"``.
-        autocast: Autocast dtype for the passes (``torch.bfloat16`` on GPU); ``None`` = fp32.
-        compile: ``torch.compile`` the gradient-pass forward (``True`` or a backend name).
         progress: Progress bar over chunks.
+        **engine: The engine options of :func:`smoothgrad_passes` (:data:`ENGINE_OPTIONS`,
+            declared and documented there once): ``seeds`` (explicit ``[B]`` per-image seeds,
+            overriding ``generator``), ``noise``, ``chunk_size``, ``memory_budget``,
+            ``autocast`` (also used for the clean forward of ``target=None``) and ``compile``.
 
     Returns:
         Non-negative attribution ``[B,H,W]`` (float32).
 
     Raises:
         TypeError: ``target`` is a float, bool, string or floating-point tensor
-            (:func:`~iavutils.core.attribution.check_target`).
+            (:func:`~iavutils.core.attribution.check_target`), or a keyword that is not an
+            engine option.
         ValueError: Bad input (size, NaN, or a dtype/device other than the model's).
         RuntimeError: Called under ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
     """
+    unknown = sorted(set(engine) - set(ENGINE_OPTIONS))
+    if unknown:
+        # smoothgrad_passes takes more keywords (grid, checkpoints...); smoothgrad returns pixels only
+        raise TypeError(f"smoothgrad() got unexpected keyword arguments {unknown}; engine options: {ENGINE_OPTIONS}")
     check_input(model, x)
     check_grad_mode("smoothgrad")
     target = check_target(target, x.shape[0])
     if batch_size is not None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunk_size = int(batch_size)
+        engine["chunk_size"] = int(batch_size)
     if target is None:
         # the predicted class needs a clean forward
-        with eval_mode(model), torch.no_grad(), autocast_ctx(x.device, autocast):
+        with eval_mode(model), torch.no_grad(), autocast_ctx(x.device, engine.get("autocast")):
             target = resolve_target(None, model(x))
-    out = smoothgrad_passes(
-        model, x, target, n_samples, noise_level, generator, seeds=seeds, noise=noise,
-        chunk_size=chunk_size, memory_budget=memory_budget, autocast=autocast, compile=compile,
-        return_pixels=True, progress=progress,
-    )
+    out = smoothgrad_passes(model, x, target, n_samples, noise_level, generator, **engine, return_pixels=True,
+                            progress=progress)
     return out["pixels"]
 
 
