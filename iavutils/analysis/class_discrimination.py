@@ -7,18 +7,16 @@ attention and IAV (Fig. 2).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..core.spec import AnalysisSpec
 from .checkpoints import _presets_module
 from .iavs import _layer_features, analyses, checkpoint_analysis
 from .images import _dataset, default_split
+from .study import Study
 
 __all__ = ["class_separability", "example_maps"]
 
@@ -40,13 +38,7 @@ def _loo_knn_accuracy(f: np.ndarray, y: np.ndarray, k: int = 5) -> float:
     return correct / n
 
 
-def class_separability(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    spec: AnalysisSpec | None = None,
-) -> pd.DataFrame:
+def class_separability(study: Study) -> pd.DataFrame:
     """How well each layer's IAV separates the classes, as numbers next to the t-SNE pictures.
 
     ``knn_accuracy``: leave-one-out 5-nearest-neighbour accuracy (%) of the label from the
@@ -55,16 +47,15 @@ def class_separability(
     on the raw IAVs, not on the t-SNE coordinates.
 
     Args:
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
 
     Returns:
         Columns ``model, layer, knn_accuracy, silhouette``.
     """
     from sklearn.metrics import silhouette_score
 
-    runs = analyses(presets, dataset, run_dir, None, spec, "Fig. 9 maps")
+    runs = analyses(study, None, "Fig. 9 maps")
     rows = []
     for p, by_epoch in runs.items():
         r = by_epoch[max(by_epoch)]
@@ -77,27 +68,21 @@ def class_separability(
     return pd.DataFrame(rows)
 
 
-def example_maps(
-    preset: str,
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    sample: int = 0,
-    spec: AnalysisSpec | None = None,
-) -> dict[str, Any]:
+def example_maps(study: Study, preset: str, *, sample: int = 0) -> dict[str, Any]:
     """One image of the analysis set with its SmoothGrad, every head's CLS attention and IAV (Fig. 2).
 
     Args:
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
+        preset: The model shown (one of the run's presets).
+        sample: Which image of the analysis set.
 
     Returns:
         ``image [H,W,3]`` in [0,1], ``smoothgrad [H,W]``, ``cls_attn [L,H,gh,gw]``, ``iav [L,H]``,
         ``label``, ``mask [H,W]`` (if any), ``preset``.
     """
-    spec = AnalysisSpec() if spec is None else spec
-    r = checkpoint_analysis(preset, dataset, None, run_dir=run_dir, spec=spec)
+    dataset = study.dataset
+    r = checkpoint_analysis(preset, dataset, None, run_dir=study.run_dir, spec=study.spec)
     info = _presets_module().PRESETS[preset]
     idx = int(r["indices"][sample])
     ds = _dataset(dataset, default_split(dataset), info)

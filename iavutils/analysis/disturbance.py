@@ -10,17 +10,16 @@ A definition that the paper leaves open (it is repeated in the notebook):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from ..core.spec import AnalysisSpec
 from .checkpoints import checkpoint_key, load_finetuned, resolve_device, result_store
 from .iavs import analyses
 from .images import load_images
+from .study import Study
 
 __all__ = ["MASK_RATIOS", "MASK_METHODS", "masking_curves"]
 
@@ -31,14 +30,7 @@ MASK_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MASK_METHODS: tuple[str, ...] = ("attention", "attention-mean", "smoothgrad", "random")
 
 
-def masking_curves(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    ratios: Sequence[float] = MASK_RATIOS,
-    spec: AnalysisSpec | None = None,
-) -> pd.DataFrame:
+def masking_curves(study: Study, *, ratios: Sequence[float] = MASK_RATIOS) -> pd.DataFrame:
     """Accuracy when the most relevant patches are blacked out first (Fig. 5), last checkpoint.
 
     The orderings (:data:`MASK_METHODS`) come from the cached
@@ -47,20 +39,17 @@ def masking_curves(
     and a seeded random order.
 
     Args:
-        presets: Preset names.
-        dataset: Dataset they were finetuned on.
-        run_dir: Run directory.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); the orderings come
+            from the analysis of its spec, whose ``seed`` also seeds the random order.
         ratios: Fractions of the patches masked.
-        spec: The analysis specification (``None``: the defaults); the orderings come from the
-            analysis of the same spec, ``seed`` also seeds the random order.
 
     Returns:
         Columns ``model, method, ratio, accuracy`` (ratio and accuracy in %), ratio 0 = clean.
     """
     from ..core.metrics import perturbation_curve
 
-    spec = AnalysisSpec() if spec is None else spec
-    runs = analyses(presets, dataset, run_dir, None, spec, "Fig. 5 maps")
+    dataset, run_dir, spec = study.dataset, study.run_dir, study.spec
+    runs = analyses(study, None, "Fig. 5 maps")
     rows = []
     for p, by_epoch in runs.items():
         epoch, r = max(by_epoch.items())

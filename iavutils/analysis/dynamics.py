@@ -11,15 +11,12 @@ A definition that the paper leaves open (it is repeated in the notebook):
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-
 import pandas as pd
 import torch
 from torch import Tensor
 
-from ..core.spec import AnalysisSpec
 from .iavs import analyses
+from .study import Study
 
 __all__ = ["normalized_distance", "training_dynamics"]
 
@@ -45,14 +42,7 @@ def normalized_distance(a: Tensor, b: Tensor, dims: int = 1) -> Tensor:
     return torch.where((na.squeeze(-1) > 0) & (nb.squeeze(-1) > 0), d, torch.nan)
 
 
-def training_dynamics(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    stride: int = 1,
-    spec: AnalysisSpec | None = None,
-) -> pd.DataFrame:
+def training_dynamics(study: Study, *, stride: int = 1) -> pd.DataFrame:
     """‖φ_t − φ_T‖ and ‖A_t − A_T‖ per analysed epoch t (Fig. 4), T = last checkpoint.
 
     Distances are :func:`normalized_distance` (unit-L2 maps): SmoothGrad over the pixels, and
@@ -60,15 +50,15 @@ def training_dynamics(
     over the images (NaN-aware).
 
     Args:
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
+        stride: Every ``stride``-th checkpoint epoch (the last always).
 
     Returns:
         Columns ``model, epoch, phi_distance, attention_distance`` (+ ``phi_std``,
         ``attention_std``: the spread over images).
     """
-    runs = analyses(presets, dataset, run_dir, stride, spec, "Fig. 4 maps")
+    runs = analyses(study, stride, "Fig. 4 maps")
     rows = []
     for p, by_epoch in runs.items():
         last = by_epoch[max(by_epoch)]

@@ -29,7 +29,7 @@ from ..core.metrics import (
 from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
 from ..core.rollout import attention_and_grads, attention_rollout, gmar_from_grads, gradient_rollout_from_grads
 from ..core.scores import aav, cls_attention
-from ..core.spec import AnalysisSpec
+from .study import Study
 
 __all__ = [
     "EXPLANATION_METHODS",
@@ -306,11 +306,9 @@ _EVAL_VERSION = 1
 
 
 def run_explanation_eval(
+    study: Study,
     preset: str,
-    dataset: str = "embedded",
-    run_dir: str | None = "",
     *,
-    spec: AnalysisSpec | None = None,
     methods: Sequence[str] = EXPLANATION_METHODS,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     epoch: int | None = None,
@@ -325,13 +323,13 @@ def run_explanation_eval(
     fingerprint, so a re-finetuned model is re-evaluated.
 
     Args:
+        study: The dataset (``"embedded"`` with masks, or ``"cifar10"``: no localization), the
+            run and the spec (:class:`~iavutils.analysis.study.Study`); from the spec:
+            ``num_images`` validation images, SmoothGrad ``n_samples`` and ``noise_level``,
+            ``seed`` (image subset, SmoothGrad noise, random map and tie-breaking), ``target``
+            (class explained: ``"label"``, the book's default, or ``"predicted"``), ``device``
+            and ``progress`` (bars).
         preset: Preset finetuned in the run.
-        dataset: ``"embedded"`` (with masks) or ``"cifar10"`` (no localization).
-        run_dir: Run directory (``""``: the repository's ``runs``; see ``resolve_run_dir``).
-        spec: The analysis (``None``: the defaults): ``num_images`` validation images,
-            SmoothGrad ``n_samples`` and ``noise_level``, ``seed`` (image subset, SmoothGrad
-            noise, random map and tie-breaking), ``target`` (class explained: ``"label"``, the
-            book's default, or ``"predicted"``), ``device`` and ``progress`` (bars).
         methods: Explanation methods.
         fractions: Removed fractions.
         epoch: Checkpoint (``None``: the last one).
@@ -348,9 +346,9 @@ def run_explanation_eval(
     from .images import has_masks, load_images, warn_no_masks
     from .run_dirs import resolve_run_dir
 
-    spec = AnalysisSpec() if spec is None else spec
+    dataset, spec = study.dataset, study.spec
     target = spec.target
-    run = resolve_run_dir(run_dir)
+    run = resolve_run_dir(study.run_dir)
     dev = resolve_device(spec.device)
     epoch = chosen_epoch(preset, dataset, run, epoch)
     if target not in ("label", "predicted"):

@@ -12,7 +12,6 @@ A definition that the paper leaves open (it is repeated in the notebook):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,10 +19,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..core.spec import AnalysisSpec
 from .checkpoints import _preset_order, _presets_module, pretraining
 from .iavs import _head_rows, analyses, checkpoint_analysis
 from .images import has_masks, warn_no_masks
+from .study import Study
 
 __all__ = ["pretraining_contrast", "default_aav_reference", "global_scores_over_epochs", "uniform_baselines"]
 
@@ -78,13 +77,7 @@ def default_aav_reference(presets: Sequence[str]) -> str | None:
 
 
 def _aav_maps(
-    presets: Sequence[str],
-    dataset: str,
-    run_dir: str | os.PathLike | None,
-    stride: int | None,
-    aav_reference: str | None,
-    spec: AnalysisSpec | None,
-    desc: str,
+    study: Study, stride: int | None, aav_reference: str | None, desc: str
 ) -> list[tuple[str, tuple[int, int], int, dict[str, Tensor], dict[str, Tensor]]]:
     """Every analysed checkpoint with the maps its global-AAVs compare the attention with.
 
@@ -92,12 +85,9 @@ def _aav_maps(
     and take the same maps.
 
     Args:
-        presets: Presets of the run.
-        dataset: Dataset name.
-        run_dir: Run directory.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`).
         stride: Epoch stride (``None``: last epoch only).
         aav_reference: A preset, ``"auto"`` (:func:`default_aav_reference`) or ``None``/``""``.
-        spec: The analysis specification (``None``: the defaults).
         desc: Progress bar label.
 
     Returns:
@@ -105,13 +95,13 @@ def _aav_maps(
         ``aav_maps`` holds ``"AAV (<ref>)"`` (the reference's last-checkpoint SmoothGrad), when
         there is a reference, and ``"AAV (mask)"``, when the dataset has masks; pixel maps ``[N,H,W]``.
     """
-    spec = AnalysisSpec() if spec is None else spec
-    runs = analyses(presets, dataset, run_dir, stride, spec, desc)
+    runs = analyses(study, stride, desc)
     if aav_reference == "auto":
-        aav_reference = default_aav_reference(list(presets))
+        aav_reference = default_aav_reference(list(study.presets))
     ref_phi = None
     if aav_reference:
-        ref_phi = checkpoint_analysis(aav_reference, dataset, None, run_dir=run_dir, spec=spec)["smoothgrad"]
+        ref_phi = checkpoint_analysis(aav_reference, study.dataset, None, run_dir=study.run_dir,
+                                      spec=study.spec)["smoothgrad"]
     out = []
     for p, by_epoch in runs.items():
         grid = _presets_module().PRESETS[p].grid
@@ -126,13 +116,7 @@ def _aav_maps(
 
 
 def global_scores_over_epochs(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    stride: int = 1,
-    aav_reference: str | None = "auto",
-    spec: AnalysisSpec | None = None,
+    study: Study, *, stride: int = 1, aav_reference: str | None = "auto"
 ) -> pd.DataFrame:
     """global-IAV and global-AAV per head and analysed epoch (Fig. 7).
 
@@ -142,11 +126,11 @@ def global_scores_over_epochs(
     dataset has masks.
 
     Args:
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
+        stride: Every ``stride``-th checkpoint epoch (the last always).
         aav_reference: A preset, ``"auto"`` (:func:`default_aav_reference`) or ``None``/``""``
             (no model-based AAV).
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
 
     Returns:
         Columns ``model, epoch, score ("IAV" | "AAV (<ref>)" | "AAV (mask)"), layer, head, rank
@@ -155,9 +139,9 @@ def global_scores_over_epochs(
     from ..core.attribution import patch_pool
     from ..core.scores import global_iav, ia_score
 
-    checkpoints = _aav_maps(presets, dataset, run_dir, stride, aav_reference, spec, "Fig. 7 maps")
-    if not has_masks(dataset):
-        warn_no_masks(dataset, "the AAV with the object mask ('AAV (mask)')")
+    checkpoints = _aav_maps(study, stride, aav_reference, "Fig. 7 maps")
+    if not has_masks(study.dataset):
+        warn_no_masks(study.dataset, "the AAV with the object mask ('AAV (mask)')")
     rows = []
     for p, grid, e, r, aav_maps in checkpoints:
         scores = {"IAV": r["iav"]}
@@ -168,13 +152,7 @@ def global_scores_over_epochs(
 
 
 def uniform_baselines(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    stride: int | None = None,
-    aav_reference: str | None = "auto",
-    spec: AnalysisSpec | None = None,
+    study: Study, *, stride: int | None = None, aav_reference: str | None = "auto"
 ) -> pd.DataFrame:
     """The IA-Score a head with *uniform* attention would get: ``cos(φ_P, 1)``, mean over images.
 
@@ -184,17 +162,17 @@ def uniform_baselines(
     the map (SmoothGrad of that checkpoint, the reference model's SmoothGrad, or the mask).
 
     Args:
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
         stride: Epoch stride as in :func:`global_scores_over_epochs` (``None``: last epoch only).
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
+        aav_reference: As in :func:`global_scores_over_epochs`.
 
     Returns:
         Columns ``model, epoch, score, baseline`` (``score`` as in :func:`global_scores_over_epochs`).
     """
     from ..core.attribution import patch_pool
 
-    checkpoints = _aav_maps(presets, dataset, run_dir, stride, aav_reference, spec, "uniform baselines")
+    checkpoints = _aav_maps(study, stride, aav_reference, "uniform baselines")
     rows = []
     for p, grid, e, r, aav_maps in checkpoints:
         for name, m in {"IAV": r["smoothgrad"], **aav_maps}.items():

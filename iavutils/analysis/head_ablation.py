@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.spec import AnalysisSpec
 from .ablation import group_ablation, head_ablation, mean_gmar_weights
+from .study import Study
 
 __all__ = [
     "GROUPS",
@@ -116,11 +116,9 @@ _ABLATION_VERSION = 2
 
 
 def run_head_ablation(
+    study: Study,
     preset: str,
-    dataset: str = "embedded",
-    run_dir: str | None = "",
     *,
-    spec: AnalysisSpec | None = None,
     ablation_images: int = 256,
     mode: str = "zero",
     max_subsets: int = 20,
@@ -135,13 +133,11 @@ def run_head_ablation(
     analysis images for the same target classes.
 
     Args:
+        study: The dataset, run and IA-Score analysis (:class:`~iavutils.analysis.study.Study`);
+            from its spec: ``num_images`` images, SmoothGrad ``n_samples`` and ``noise_level``,
+            image subset and noise ``seed``, ``target`` (``"label"`` or ``"predicted"``: class
+            explained by SmoothGrad and GMAR), ``device`` and ``progress`` (bars).
         preset: Preset finetuned in the run.
-        dataset: Dataset name.
-        run_dir: Run directory (``""``: the repository's ``runs``).
-        spec: The IA-Score analysis (``None``: the defaults): ``num_images`` images, SmoothGrad
-            ``n_samples`` and ``noise_level``, image subset and noise ``seed``, ``target``
-            (``"label"`` or ``"predicted"``: class explained by SmoothGrad and GMAR), ``device``
-            and ``progress`` (bars).
         ablation_images: Images for the ablation (labels are the targets of the drops).
         mode: ``"zero"`` or ``"mean"`` (mean over the ablation images, per token position).
         max_subsets: Same-size head subsets averaged for each control group
@@ -162,9 +158,9 @@ def run_head_ablation(
     from .images import load_images
     from .run_dirs import resolve_run_dir
 
-    spec = AnalysisSpec() if spec is None else spec
+    dataset, spec = study.dataset, study.spec
     progress = spec.progress
-    run = resolve_run_dir(run_dir)
+    run = resolve_run_dir(study.run_dir)
     dev = resolve_device(spec.device)
     epoch = chosen_epoch(preset, dataset, run, epoch)
     key = {

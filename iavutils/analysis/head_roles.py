@@ -7,34 +7,24 @@ of each layer's IAV and of the logits (Fig. 9, cached).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from ..core.spec import AnalysisSpec
 from .checkpoints import checkpoint_key, result_store
 from .iavs import _layer_features, analyses
+from .study import Study
 
 __all__ = ["head_scores", "head_type_table", "iav_tsne"]
 
 
-def head_scores(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    spec: AnalysisSpec | None = None,
-) -> pd.DataFrame:
+def head_scores(study: Study) -> pd.DataFrame:
     """Per-image IA-Score of every head at the last checkpoint (Fig. 8), with head types.
 
     Args:
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
 
     Returns:
         Columns ``model, layer (1-based), head, sample, label, score, high`` where ``high`` is the
@@ -42,7 +32,7 @@ def head_scores(
     """
     from ..core.scores import head_types
 
-    runs = analyses(presets, dataset, run_dir, None, spec, "Fig. 8 maps")
+    runs = analyses(study, None, "Fig. 8 maps")
     frames = []
     for p, by_epoch in runs.items():
         r = by_epoch[max(by_epoch)]
@@ -68,30 +58,23 @@ def head_type_table(scores: pd.DataFrame) -> pd.DataFrame:
     return table.unstack("layer")
 
 
-def iav_tsne(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    perplexity: float = 15.0,
-    spec: AnalysisSpec | None = None,
-) -> pd.DataFrame:
+def iav_tsne(study: Study, *, perplexity: float = 15.0) -> pd.DataFrame:
     """2-D t-SNE of each layer's IAV (``H`` numbers per image) and of the logits (Fig. 9), cached.
 
     NaN scores (all-zero SmoothGrad) are replaced by the layer's mean before embedding.
 
     Args:
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
+        perplexity: t-SNE perplexity (capped for a handful of images).
 
     Returns:
         Columns ``model, layer ("L1".."L<L>", "classifier"), x, y, label, sample``.
     """
     from sklearn.manifold import TSNE
 
-    spec = AnalysisSpec() if spec is None else spec
-    runs = analyses(presets, dataset, run_dir, None, spec, "Fig. 9 maps")
+    dataset, run_dir, spec = study.dataset, study.run_dir, study.spec
+    runs = analyses(study, None, "Fig. 9 maps")
     frames = []
     for p, by_epoch in runs.items():
         epoch, r = max(by_epoch.items())

@@ -30,7 +30,6 @@ A definition that the paper leaves open (it is repeated in the notebooks):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,7 @@ from .checkpoints import (
     result_store,
 )
 from .images import default_split, load_images
+from .study import Study
 
 __all__ = ["compute_iavs", "checkpoint_analysis", "analyses", "precision_table"]
 
@@ -177,23 +177,18 @@ def checkpoint_analysis(
     return result_store(run_dir).cached("analysis", key, compute, meta={"what": "SmoothGrad, CLS attention, IAV"})
 
 
-def analyses(
-    presets: Sequence[str], dataset: str, run_dir: Any, stride: int | None, spec: AnalysisSpec | None, desc: str
-) -> dict[str, dict[int, dict[str, Tensor]]]:
+def analyses(study: Study, stride: int | None, desc: str) -> dict[str, dict[int, dict[str, Tensor]]]:
     """``{preset: {epoch: checkpoint_analysis}}`` over the chosen epochs (``stride=None``: last only).
 
     Args:
-        presets: Preset names.
-        dataset: Dataset they were finetuned on.
-        run_dir: Run directory.
+        study: The presets, dataset, run and spec (:class:`~iavutils.analysis.study.Study`);
+            ``study.spec.progress`` shows a bar over the checkpoints.
         stride: Every ``stride``-th checkpoint epoch, the last always (``None``: the last only).
-        spec: The analysis specification (``None``: the defaults); ``spec.progress`` shows a
-            bar over the checkpoints.
         desc: The progress bar's label.
     """
-    spec = AnalysisSpec() if spec is None else spec
+    dataset, run_dir, spec = study.dataset, study.run_dir, study.spec
     jobs = []
-    for p in presets:
+    for p in study.presets:
         epochs = analysis_epochs(p, dataset, run_dir, stride) if stride else checkpoint_epochs(p, dataset, run_dir)[-1:]
         jobs += [(p, e) for e in epochs]
     out: dict[str, dict[int, dict[str, Tensor]]] = {}
@@ -202,16 +197,11 @@ def analyses(
     return out
 
 
-def precision_table(
-    presets: Sequence[str], dataset: str, *, run_dir: Any = "", spec: AnalysisSpec | None = None
-) -> Any:
+def precision_table(study: Study) -> Any:
     """How precise each model's global-IAV is at its last checkpoint: one row per model.
 
     Args:
-        presets: Preset names.
-        dataset: Dataset they were finetuned on.
-        run_dir: Run directory.
-        spec: The analysis specification (``None``: the defaults).
+        study: The presets, dataset, run and spec (:class:`~iavutils.analysis.study.Study`).
 
     Returns:
         A ``pandas.DataFrame`` with ``model``, ``n per image`` and ``noise``; with ``spec.tol``
@@ -220,13 +210,13 @@ def precision_table(
     """
     import pandas as pd
 
-    spec = AnalysisSpec() if spec is None else spec
+    spec = study.spec
     rows = []
-    for p in presets:
+    for p in study.presets:
         if spec.tol is None:
             rows.append({"model": p, "n per image": spec.n_samples, "noise": spec.noise})
             continue
-        r = checkpoint_analysis(p, dataset, None, run_dir=run_dir, spec=spec)
+        r = checkpoint_analysis(p, study.dataset, None, run_dir=study.run_dir, spec=spec)
         err = r["error"].flatten()
         rows.append({"model": p, "n per image": int(r["n_used"]), "noise": "antithetic", "tol": spec.tol,
                      "largest error": float(err.nan_to_num(0.0).max()), "median error": float(err.nanmedian())})

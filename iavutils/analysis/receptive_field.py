@@ -7,36 +7,26 @@ from the cached :func:`iavutils.analysis.iavs.checkpoint_analysis`.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
 
-from ..core.spec import AnalysisSpec
 from .checkpoints import _presets_module
 from .iavs import _head_rows, analyses
+from .study import Study
 
 __all__ = ["entropy_over_epochs", "max_entropy", "last_layer_entropy"]
 
 
-def entropy_over_epochs(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    stride: int = 1,
-    spec: AnalysisSpec | None = None,
-) -> pd.DataFrame:
+def entropy_over_epochs(study: Study, *, stride: int = 1) -> pd.DataFrame:
     """Mean attention entropy (nats) per head over the images, per analysed epoch (Fig. 6a).
 
     Entropy of the CLS row over the patches renormalised to sum 1 (:func:`iavutils.attention_entropy`);
     its maximum is ``log P`` (uniform attention).
 
     Args:
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
+        stride: Every ``stride``-th checkpoint epoch (the last always).
 
     Returns:
         Columns ``model, epoch, layer (1-based), head, rank (position after sorting the layer's
@@ -44,7 +34,7 @@ def entropy_over_epochs(
     """
     from ..core.scores import attention_entropy
 
-    runs = analyses(presets, dataset, run_dir, stride, spec, "Fig. 6 maps")
+    runs = analyses(study, stride, "Fig. 6 maps")
     rows = []
     for p, by_epoch in runs.items():
         for e, r in sorted(by_epoch.items()):
@@ -59,27 +49,20 @@ def max_entropy(preset: str) -> float:
     return float(np.log(gh * gw))
 
 
-def last_layer_entropy(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    *,
-    run_dir: str | os.PathLike | None = "",
-    layer: int = -1,
-    spec: AnalysisSpec | None = None,
-) -> pd.DataFrame:
+def last_layer_entropy(study: Study, *, layer: int = -1) -> pd.DataFrame:
     """Per-image entropy of each head of one layer at the last checkpoint (Fig. 6b box plot).
 
     Args:
-        spec: The analysis specification (``None``: :class:`~iavutils.core.spec.AnalysisSpec`
-            defaults) of the shared :func:`~iavutils.analysis.iavs.checkpoint_analysis`; its
-            ``progress`` shows a bar over the checkpoints.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
+            shows a bar over the checkpoints.
+        layer: The layer (negative: from the end).
 
     Returns:
         Columns ``model, layer (1-based), head, sample, entropy``.
     """
     from ..core.scores import attention_entropy
 
-    runs = analyses(presets, dataset, run_dir, None, spec, "Fig. 6b maps")
+    runs = analyses(study, None, "Fig. 6b maps")
     rows = []
     for p, by_epoch in runs.items():
         r = by_epoch[max(by_epoch)]

@@ -6,7 +6,6 @@ under Gaussian blur and jigsaw shuffles (Fig. 3b–d), each cached per checkpoin
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +13,6 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..core.spec import AnalysisSpec
 from .checkpoints import (
     _presets_module,
     _progress,
@@ -25,6 +23,7 @@ from .checkpoints import (
     result_store,
 )
 from .images import default_split, load_images
+from .study import Study
 
 __all__ = ["BLUR_DEGREES", "accuracy", "accuracy_table", "robustness_curves"]
 
@@ -43,28 +42,19 @@ def _predict(model: nn.Module, x: Tensor, device: torch.device, batch_size: int 
 
 
 def accuracy(
-    preset: str,
-    dataset: str = "embedded",
-    epoch: int | None = None,
-    *,
-    split: str | None = None,
-    run_dir: str | os.PathLike | None = "",
-    num_eval: int | None = None,
-    spec: AnalysisSpec | None = None,
+    study: Study, preset: str, epoch: int | None = None, *, split: str | None = None, num_eval: int | None = None
 ) -> float:
     """Top-1 accuracy (fraction) of a checkpoint on a split (or a seeded subset of it), cached.
 
     Args:
+        study: The dataset, run and spec (:class:`~iavutils.analysis.study.Study`); used from
+            its spec: ``seed`` (the subset) and ``device``.
         preset: Preset name.
-        dataset: Dataset the preset was finetuned on.
         epoch: Checkpoint epoch (``None``: the last one).
         split: Default :func:`~iavutils.analysis.images.default_split`.
-        run_dir: Run directory.
         num_eval: Images of the split (``None``/0: all of them).
-        spec: The analysis specification (``None``: the defaults); used here: ``seed`` (the
-            subset) and ``device``.
     """
-    spec = AnalysisSpec() if spec is None else spec
+    dataset, run_dir, spec = study.dataset, study.run_dir, study.spec
     seed = spec.seed
     if epoch is None:
         epoch = checkpoint_epochs(preset, dataset, run_dir)[-1]
@@ -83,22 +73,22 @@ def accuracy(
 
 
 def accuracy_table(
-    presets: Sequence[str], dataset: str = "embedded", *, run_dir: str | os.PathLike | None = "",
-    splits: Sequence[str] | None = None, num_eval: int | None = None, spec: AnalysisSpec | None = None,
+    study: Study, *, splits: Sequence[str] | None = None, num_eval: int | None = None
 ) -> pd.DataFrame:
     """Final-checkpoint accuracy (%) of each model on each held-out split, one row per model.
 
-    ``num_eval`` and ``spec`` (its ``seed`` and ``device``) as in :func:`accuracy`.
+    ``num_eval`` and the study's spec (its ``seed`` and ``device``) as in :func:`accuracy`;
+    ``splits`` defaults to ``val`` and ``test`` for the embedded dataset, else ``test``.
     """
+    dataset = study.dataset
     if splits is None:
         splits = ("val", "test") if dataset == "embedded" else ("test",)
     info = _presets_module().PRESETS
     rows = []
-    for p in presets:
+    for p in study.presets:
         row = {"model": p, "pretraining": info[p].pretraining}
         for s in splits:
-            row[f"{s} accuracy (%)"] = 100.0 * accuracy(p, dataset, split=s, run_dir=run_dir, num_eval=num_eval,
-                                                        spec=spec)
+            row[f"{s} accuracy (%)"] = 100.0 * accuracy(study, p, split=s, num_eval=num_eval)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -115,15 +105,12 @@ def _jigsaw_swaps(num_tiles: int) -> list[int]:
 
 
 def robustness_curves(
-    presets: Sequence[str],
-    dataset: str = "embedded",
+    study: Study,
     *,
-    run_dir: str | os.PathLike | None = "",
     num_eval: int | None = None,
     blur_degrees: Sequence[float] = BLUR_DEGREES,
     jigsaw_swaps_2: Sequence[int] | None = None,
     jigsaw_swaps_grid: Sequence[int] | None = None,
-    spec: AnalysisSpec | None = None,
 ) -> pd.DataFrame:
     """Accuracy of the last checkpoint under distribution shifts (Fig. 3b–d), cached per model.
 
@@ -132,15 +119,12 @@ def robustness_curves(
     swaps. Jigsaw randomness is seeded per (shift, level), identical for every model.
 
     Args:
-        presets: Preset names.
-        dataset: Dataset they were finetuned on.
-        run_dir: Run directory.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); used from its spec:
+            ``seed`` (the subset and the jigsaw), ``device`` and ``progress``.
         num_eval: Held-out images (``None``/0: the whole split).
         blur_degrees: Gaussian blur degrees (0 = clean).
         jigsaw_swaps_2: Tile swaps of the 2×2 jigsaw (``None``: 0, 1, 2, 4).
         jigsaw_swaps_grid: Tile swaps of the patch-grid jigsaw (``None``: 0, 1, 4, ... tiles).
-        spec: The analysis specification (``None``: the defaults); used here: ``seed`` (the
-            subset and the jigsaw), ``device`` and ``progress``.
 
     Returns:
         Columns ``model, shift ("blur" | "jigsaw g=2" | "jigsaw g=<grid>"), shift_kind
@@ -149,10 +133,10 @@ def robustness_curves(
     from ..core.hooks import model_geometry
     from ..world.shifts import gaussian_blur, jigsaw
 
-    spec = AnalysisSpec() if spec is None else spec
+    dataset, run_dir, spec = study.dataset, study.run_dir, study.spec
     seed = spec.seed
     rows = []
-    for p in _progress(presets, "robustness", spec.progress):
+    for p in _progress(study.presets, "robustness", spec.progress):
         epoch = checkpoint_epochs(p, dataset, run_dir)[-1]
         dev = resolve_device(spec.device)
         holder: dict[str, Any] = {}

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..core.progress import tqdm  # one progress helper: widgets, terminal, or the book runner
-from ..core.spec import AnalysisSpec
+from .study import Study
 
 __all__ = [
     "FEATURE_SETS",
@@ -318,26 +318,16 @@ def separability_test(
 # --------------------------------------------------------------------------- book entry points
 
 
-def checkpoint_trends(
-    presets: Sequence[str],
-    dataset: str = "embedded",
-    run_dir: str | None = "",
-    *,
-    epoch_stride: int = 2,
-    spec: AnalysisSpec | None = None,
-) -> dict[str, dict[str, Tensor]]:
+def checkpoint_trends(study: Study, *, epoch_stride: int = 2) -> dict[str, dict[str, Tensor]]:
     """Per preset and analysed checkpoint: global-IAV, attention entropy and accuracy.
 
     Built from the book's cached :func:`iavutils.analysis.iavs.checkpoint_analysis` (the same
     entries chapters 02–07 use, so nothing is recomputed when their parameters match).
 
     Args:
-        presets: Presets finetuned in the run.
-        dataset: Dataset name.
-        run_dir: Run directory.
+        study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec is the
+            analysis of each checkpoint, whose ``progress`` shows a bar over the presets.
         epoch_stride: Every ``epoch_stride``-th checkpoint from 0, the last always included.
-        spec: The analysis of each checkpoint (``None``: the defaults); its ``progress`` shows
-            a bar over the presets.
 
     Returns:
         ``{preset: {"epochs" [E], "global_iav" [E,L,H], "entropy" [E,L,H] (nats),
@@ -347,7 +337,7 @@ def checkpoint_trends(
     from .checkpoints import analysis_epochs, training_history
     from .iavs import checkpoint_analysis
 
-    spec = AnalysisSpec() if spec is None else spec
+    presets, dataset, run_dir, spec = study.presets, study.dataset, study.run_dir, study.spec
     out: dict[str, dict[str, Tensor]] = {}
     history = training_history(presets, dataset, run_dir)
     for p in tqdm(list(presets), desc="checkpoint trends", disable=not spec.progress):
