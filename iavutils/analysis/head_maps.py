@@ -105,6 +105,8 @@ def compute_head_maps(
         target: the class SmoothGrad explains; ``None``: the predicted class.
         spec: the analysis specification (``None``: the defaults): ``n_samples``,
             ``noise_level``, ``noise`` and ``seed`` of SmoothGrad; it runs on ``x``'s device.
+            Its ``tol`` is ignored (the fixed-n mode): the precision mode is a rule over a
+            dataset's global-IAVs, not one image's.
         index: the image's index in its split, which seeds its SmoothGrad noise.
 
     Returns:
@@ -115,7 +117,9 @@ def compute_head_maps(
 
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"expected one image [1,3,H,W], got {tuple(x.shape)}")
-    spec = (AnalysisSpec() if spec is None else spec).replace(device=str(x.device))
+    # tol is a dataset-level stopping rule (every head's global-IAV within tol), meaningless
+    # for one image; the explorer labels its maps with n_samples, so it computes with those.
+    spec = (AnalysisSpec() if spec is None else spec).replace(device=str(x.device), tol=None)
     targets = None if target is None else torch.tensor([int(target)])
     r = compute_iavs(model, x, targets, spec, indices=torch.tensor([int(index)]))
     return {
@@ -174,7 +178,8 @@ def load_head_maps(
     from .images import default_split
     from .run_dirs import resolve_run_dir
 
-    spec = AnalysisSpec() if spec is None else spec
+    # The fixed-n mode, as compute_head_maps computes it, so that the cache key says what was computed.
+    spec = (AnalysisSpec() if spec is None else spec).replace(tol=None)
     root = resolve_run_dir(run_dir)
     epoch = chosen_epoch(preset, dataset, root, epoch)
     dev = resolve_device(spec.device)
