@@ -34,9 +34,9 @@ finetune = "auto"  # missing finetuning: auto finetunes tiny presets here and st
 SETUP = '''\
 from iavutils.analysis.parameters import {parameter_imports}
 from iavutils.analysis.runs import {runs_import}
-
+{study_import}
 check_parameters(globals())  # every parameter above: a bad value stops here, naming what is accepted
-{spec}{select}
+{spec}{select}{study}
 
 {imports}import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
@@ -51,8 +51,12 @@ print(f"run directory: {{run}}\\ndataset: {{dataset}}\\nmodels: {{', '.join(mode
 TQDM_IMPORT = "from iavutils.core.progress import tqdm  # in a book run, progress goes to the terminal, not into the page"
 
 SPEC = '''\
-spec = analysis_spec(globals())  # the analysis parameters as one AnalysisSpec, which every chapter call takes
+spec = analysis_spec(globals())  # the analysis parameters as one AnalysisSpec (checked before any finetuning)
 '''
+
+# What every chapter call analyses: the models, their dataset, the run and the spec, as one value.
+STUDY_IMPORT = "from iavutils.analysis.study import Study\n"
+STUDY = "\nstudy = Study(models, dataset, run, spec)  # what every chapter call analyses"
 
 SELECT_FINETUNED = '''\
 models, dataset, run = finetuned_models(model, dataset, run_dir, finetune=finetune, device=device,
@@ -121,7 +125,8 @@ def setup(
         name: The notebook (for the finetuning message).
         modules: The ``iavutils.analysis`` modules the notebook calls (``"checkpoints, robustness"``).
         finetune: Finetune missing models (``finetuned_models``) or only select them (``select_models``).
-        spec: Build ``spec`` from the parameters.
+        spec: Build ``spec`` from the parameters, and ``study`` (the models, dataset, run and
+            spec: what every chapter call of :mod:`iavutils.analysis` takes).
         pandas: Import pandas as ``pd``.
         publish: The ``iavutils.publish`` modules (``plots`` always among them).
         extra: More import lines, after those of ``iavutils.publish``.
@@ -130,7 +135,8 @@ def setup(
     return code(SETUP.format(
         parameter_imports="analysis_spec, check_parameters" if spec else "check_parameters",
         runs_import="finetuned_models" if finetune else "select_models",
-        spec=SPEC if spec else "", select=select, imports="import pandas as pd\n" if pandas else "",
+        spec=SPEC if spec else "", select=select, study_import=STUDY_IMPORT if spec else "",
+        study=STUDY if spec else "", imports="import pandas as pd\n" if pandas else "",
         modules=modules, publish=publish + ("\n" + extra.strip("\n") if extra else ""),
     ))
 

@@ -33,13 +33,13 @@ num_eval = 500  # held-out images for the accuracies under shift; 0: the whole s
 '''),
         code('''
 # Clean accuracy on the whole held-out split(s).
-display(robustness.accuracy_table(models, dataset, run_dir=run, spec=spec).round(1))
+display(robustness.accuracy_table(study).round(1))
 '''),
         md('''
 ## Accuracy under distribution shift (paper Fig. 3b–d)
 '''),
         code('''
-robust = robustness.robustness_curves(models, dataset, run_dir=run, num_eval=num_eval, spec=spec)
+robust = robustness.robustness_curves(study, num_eval=num_eval)
 fig = plots.robustness_curves(robust)
 plt.show()
 '''),

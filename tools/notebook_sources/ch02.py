@@ -34,7 +34,7 @@ epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one alway
         setup("02_training_dynamics", "checkpoints, dynamics, global_iav"),
         md(DEFINITIONS),
         code('''
-distances = dynamics.training_dynamics(models, dataset, stride=epoch_stride, run_dir=run, spec=spec)
+distances = dynamics.training_dynamics(study, stride=epoch_stride)
 fig = plots.training_dynamics(distances)
 plt.show()
 '''),

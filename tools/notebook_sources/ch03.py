@@ -31,7 +31,7 @@ last checkpoint, the same images as the other chapters.
         parameters(),
         setup("03_input_disturbance", "checkpoints, disturbance"),
         code('''
-masking = disturbance.masking_curves(models, dataset, run_dir=run, spec=spec)
+masking = disturbance.masking_curves(study)
 fig = plots.masking_curves(masking)
 plt.show()
 '''),

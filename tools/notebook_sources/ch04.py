@@ -36,7 +36,7 @@ epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one alway
 Heads are sorted within each layer by decreasing entropy; darker lines are later epochs.
 '''),
         code('''
-entropy = receptive_field.entropy_over_epochs(models, dataset, stride=epoch_stride, run_dir=run, spec=spec)
+entropy = receptive_field.entropy_over_epochs(study, stride=epoch_stride)
 max_entropy = receptive_field.max_entropy(models[0])  # log P nats: uniform attention over the patches
 fig = plots.head_profiles(entropy, value="entropy", ylabel="attention entropy (nats)",
                           title="Mean attention entropy per head; darker = later epoch", ylim=(0, max_entropy * 1.02))
@@ -56,7 +56,7 @@ display(Markdown(global_iav.pretraining_contrast(dict(zip(trend["model"], trend[
 ## Entropy of the last layer's heads over images (paper Fig. 6b)
 '''),
         code('''
-last = receptive_field.last_layer_entropy(models, dataset, run_dir=run, spec=spec)
+last = receptive_field.last_layer_entropy(study)
 fig = plots.entropy_boxes(last, max_entropy=max_entropy)
 plt.show()
 stats = last.groupby("model", sort=False)["entropy"].describe()[["mean", "std", "min", "max"]]

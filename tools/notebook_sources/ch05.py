@@ -44,17 +44,15 @@ For one image: the image, each model's SmoothGrad, the attention map of every he
 first, middle and last layer (titled with its IA-Score) and the image's whole IAV.
 '''),
         code('''
-examples = [class_discrimination.example_maps(p, dataset, sample=example, run_dir=run, spec=spec) for p in models]
-fig = plots.example_maps(examples, classes=images.class_names(dataset))
+fig = plots.example_maps([class_discrimination.example_maps(study, p, sample=example) for p in models], classes=images.class_names(dataset))
 plt.show()
 '''),
         md('''
 ## global-IAV and global-AAV over finetuning (paper Fig. 7)
 '''),
         code('''
-over_epochs = dict(stride=epoch_stride, aav_reference=aav_reference, run_dir=run, spec=spec)
-scores = global_iav.global_scores_over_epochs(models, dataset, **over_epochs)
-uniform = global_iav.uniform_baselines(models, dataset, **over_epochs)
+scores = global_iav.global_scores_over_epochs(study, stride=epoch_stride, aav_reference=aav_reference)
+uniform = global_iav.uniform_baselines(study, stride=epoch_stride, aav_reference=aav_reference)
 fig = plots.head_profiles(scores, value="value", row="score", ylabel="mean IA-Score", ylim=(0, 1), baselines=uniform,
                           title="global-IAV / global-AAV per head (sorted per layer); darker: later epoch; dotted: uniform")
 plt.show()
@@ -68,7 +66,7 @@ largest and median estimated error of a head's global-IAV, methods page "Precisi
 fig = plots.global_iav_heatmaps(scores, score="IAV")
 plt.show()
 display(uniform.pivot_table(index=["score", "model"], columns="epoch", values="baseline", sort=False).round(3),
-        iavs.precision_table(models, dataset, run_dir=run, spec=spec))  # SmoothGrad's n, and the error with tol
+        iavs.precision_table(study))  # SmoothGrad's n, and the error with tol
 '''),
         md('''
 Mean global score of the later half of the layers, at the first and the last analysed epoch:

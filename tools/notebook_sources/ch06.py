@@ -27,8 +27,8 @@ some heads are "enthusiastic", others "apathetic" about the input region.
         setup("06_head_roles", "checkpoints, global_iav, head_roles"),
         md(DEFINITIONS),
         code('''
-heads = head_roles.head_scores(models, dataset, run_dir=run, spec=spec)
-uniform = global_iav.uniform_baselines(models, dataset, run_dir=run, spec=spec)
+heads = head_roles.head_scores(study)
+uniform = global_iav.uniform_baselines(study)
 baseline = uniform[uniform["score"] == "IAV"].set_index("model")["baseline"].to_dict()
 fig = plots.head_boxes(heads, baselines=baseline)
 plt.show()

@@ -30,12 +30,12 @@ perplexity = 15.0  # t-SNE perplexity (capped for small image sets)'''),
         setup("07_class_discrimination", "checkpoints, images, global_iav, head_roles, class_discrimination"),
         md(DEFINITIONS),
         code('''
-embedding = head_roles.iav_tsne(models, dataset, perplexity=perplexity, run_dir=run, spec=spec)
+embedding = head_roles.iav_tsne(study, perplexity=perplexity)
 fig = plots.tsne_grid(embedding, classes=images.class_names(dataset))
 plt.show()
 '''),
         code('''
-separation = class_discrimination.class_separability(models, dataset, run_dir=run, spec=spec)
+separation = class_discrimination.class_separability(study)
 fig = plots.separability_curves(separation, chance=100 / len(images.class_names(dataset)))
 plt.show()
 table = separation.pivot(index="model", columns="layer", values="knn_accuracy")[list(dict.fromkeys(separation["layer"]))]

@@ -72,8 +72,7 @@ rest is computed here and cached in the run directory.
 '''),
         code('''
 fractions = perturbation_fractions(perturbation_steps)
-results = {p: explanations.run_explanation_eval(p, dataset, run, spec=spec, fractions=fractions)
-           for p in tqdm(models, desc="models")}
+results = {p: explanations.run_explanation_eval(study, p, fractions=fractions) for p in tqdm(models, desc="models")}
 table = explanations.explanation_table(results)
 order = explanation_report.method_order(table)
 '''),

@@ -54,8 +54,8 @@ ablation_subsets = 20  # same-size head subsets averaged per control group; fewe
         setup("10_head_ablation", "head_ablation", publish="figures, plots", extra=TQDM_IMPORT),
         code('''
 results = {
-    p: head_ablation.run_head_ablation(p, dataset, run, spec=spec, ablation_images=ablation_images,
-                                       mode=ablation_mode, max_subsets=ablation_subsets)
+    p: head_ablation.run_head_ablation(study, p, ablation_images=ablation_images, mode=ablation_mode,
+                                       max_subsets=ablation_subsets)
     for p in tqdm(models, desc="models")
 }
 clean = head_ablation.clean_table(results, models)

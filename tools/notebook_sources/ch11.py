@@ -64,7 +64,7 @@ accuracy of the finetuning log.
         code('''
 labels = pretraining_types.pretraining_labels(models)
 display(pretraining_types.pretraining_table(models))
-trends = separability.checkpoint_trends(models, dataset, run, epoch_stride=epoch_stride, spec=spec)
+trends = separability.checkpoint_trends(study, epoch_stride=epoch_stride)
 fig = figures.trend_lines(pretraining_types.trend_frame(trends), models)
 plt.show()
 '''),
