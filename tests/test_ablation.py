@@ -8,6 +8,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from iavutils.analysis import ablation as ab
 from iavutils.analysis import head_ablation as ha
+from iavutils.analysis.study import Study
 from iavutils.core.spec import AnalysisSpec
 
 
@@ -125,8 +126,8 @@ def test_run_head_ablation_on_a_run(tmp_path):
     from fake_runs import write_fake_run
 
     write_fake_run(tmp_path, "tiny-sup")
-    r = ha.run_head_ablation("tiny-sup", "embedded", tmp_path, ablation_images=8,
-                             spec=AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False))
+    study = Study(("tiny-sup",), "embedded", tmp_path, AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False))
+    r = ha.run_head_ablation(study, "tiny-sup", ablation_images=8)
     assert r["ia"].shape == (6, 4) and r["single.logit_drop"].shape == (6, 4)
     assert torch.allclose(r["gmar_weight"].sum(1), torch.ones(6), atol=1e-5)
     assert (r["rgroup.n_high"] + r["rgroup.n_low"]).tolist() == [4.0] * 6
@@ -165,14 +166,15 @@ def test_run_head_ablation_max_subsets_is_part_of_the_key(tmp_path):
     from fake_runs import write_fake_run
 
     write_fake_run(tmp_path, "tiny-sup")
-    kw = dict(ablation_images=4, spec=AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False))
-    full = ha.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
-    one = ha.run_head_ablation("tiny-sup", "embedded", tmp_path, max_subsets=1, **kw)
+    study = Study(("tiny-sup",), "embedded", tmp_path, AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False))
+    kw = dict(ablation_images=4)
+    full = ha.run_head_ablation(study, "tiny-sup", **kw)
+    one = ha.run_head_ablation(study, "tiny-sup", max_subsets=1, **kw)
     assert torch.equal(full["single.logit_drop"], one["single.logit_drop"])  # single heads: unaffected
     assert torch.equal(full["rgroup.all_logit_drop"], one["rgroup.all_logit_drop"])
     # one control subset instead of all six 2-subsets of a layer's 4 heads: its own cache entry
     assert torch.isfinite(one["rgroup.low_control_logit_drop"]).all()
-    again = ha.run_head_ablation("tiny-sup", "embedded", tmp_path, **kw)
+    again = ha.run_head_ablation(study, "tiny-sup", **kw)
     assert torch.equal(again["rgroup.low_control_logit_drop"], full["rgroup.low_control_logit_drop"])
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from iavutils.analysis import explanations as ev
+from iavutils.analysis.study import Study
 from iavutils.core import metrics
 from iavutils.core.spec import AnalysisSpec
 
@@ -260,13 +261,13 @@ def test_run_explanation_eval_is_cached(tmp_path, monkeypatch):
     from fake_runs import write_fake_run
 
     write_fake_run(tmp_path, "tiny-dino")
-    kw = dict(spec=AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False),
-              methods=("rollout", "gmar_l1", "smoothgrad", "random"))
-    res = ev.run_explanation_eval("tiny-dino", "embedded", tmp_path, **kw)
+    study = Study(("tiny-dino",), "embedded", tmp_path, AnalysisSpec(num_images=4, n_samples=2, device="cpu", progress=False))
+    kw = dict(methods=("rollout", "gmar_l1", "smoothgrad", "random"))
+    res = ev.run_explanation_eval(study, "tiny-dino", **kw)
     assert res["positive.gmar_l1"].shape == (10, 4) and res["loc.miou.rollout"].shape == (4,)
     calls = []
     monkeypatch.setattr(ev, "evaluate_explanations", lambda *a, **k: calls.append(1))
-    again = ev.run_explanation_eval("tiny-dino", "embedded", tmp_path, **kw)
+    again = ev.run_explanation_eval(study, "tiny-dino", **kw)
     assert not calls and torch.equal(again["positive.gmar_l1"], res["positive.gmar_l1"])
     cmp = ev.gmar_vs_rollout({"tiny-dino": res})
     assert set(cmp["mode"]) == {"positive", "negative"} and len(cmp) == 2

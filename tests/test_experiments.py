@@ -32,6 +32,7 @@ from iavutils.analysis import images
 from iavutils.analysis import receptive_field as ch04
 from iavutils.analysis import robustness as ch01
 from iavutils.analysis import runs
+from iavutils.analysis.study import Study
 from iavutils.core.spec import AnalysisSpec
 from iavutils.publish import plots
 from iavutils.world.models import build_model
@@ -221,21 +222,22 @@ def test_sections_and_figures(run_dir: Path) -> None:
     hist = ck.training_history(models, "embedded", run_dir)
     assert set(hist["model"]) == set(models) and hist["val_acc"].notna().all()
     plots.accuracy_curves(hist)
+    study = Study(models, "embedded", run_dir, SMALL)
 
-    dyn = ch02.training_dynamics(models, "embedded", run_dir=run_dir, stride=1, spec=SMALL)
+    dyn = ch02.training_dynamics(study, stride=1)
     last = dyn[dyn["epoch"] == EPOCHS - 1]
     assert (last["phi_distance"].abs() < 1e-9).all() and (last["attention_distance"].abs() < 1e-9).all()
     assert (dyn[dyn["epoch"] == 0]["attention_distance"] > 0).all()
     plots.training_dynamics(dyn)
 
-    ent = ch04.entropy_over_epochs(models, "embedded", run_dir=run_dir, stride=2, spec=SMALL)
+    ent = ch04.entropy_over_epochs(study, stride=2)
     assert set(ent["epoch"]) == {0, 2} and ((ent["entropy"] >= 0) & (ent["entropy"] <= torch.log(torch.tensor(64.0)).item() + 1e-6)).all()
     plots.head_profiles(ent, value="entropy", ylabel="entropy (nats)")
-    box = ch04.last_layer_entropy(models, "embedded", run_dir=run_dir, spec=SMALL)
+    box = ch04.last_layer_entropy(study)
     assert set(box["layer"]) == {6} and len(box) == 2 * 4 * 6
     plots.entropy_boxes(box, max_entropy=float(torch.log(torch.tensor(64.0))))
 
-    glob = ch05.global_scores_over_epochs(models, "embedded", run_dir=run_dir, stride=1, spec=SMALL)
+    glob = ch05.global_scores_over_epochs(study, stride=1)
     assert set(glob["score"]) == {"IAV", "AAV (tiny-dino)", "AAV (mask)"}
     assert glob["value"].between(0, 1).all()
     # The reference model's AAV at its last epoch is its own global-IAV.
@@ -243,37 +245,37 @@ def test_sections_and_figures(run_dir: Path) -> None:
     iav = own[own["score"] == "IAV"].sort_values(["layer", "head"])["value"].to_numpy()
     aav = own[own["score"] == "AAV (tiny-dino)"].sort_values(["layer", "head"])["value"].to_numpy()
     assert abs(iav - aav).max() < 1e-6
-    ub = ch05.uniform_baselines(models, "embedded", run_dir=run_dir, stride=1, spec=SMALL)
+    ub = ch05.uniform_baselines(study, stride=1)
     assert ub["baseline"].between(0, 1).all()
     # AAV maps are the same for every model, so is their uniform-attention score.
     assert ub[ub["score"] == "AAV (mask)"].groupby("epoch")["baseline"].nunique().eq(1).all()
     plots.head_profiles(glob, row="score", ylabel="global score", ylim=(0, 1), baselines=ub)
     plots.global_iav_heatmaps(glob)
 
-    hs = ch06.head_scores(models, "embedded", run_dir=run_dir, spec=SMALL)
+    hs = ch06.head_scores(study)
     assert len(hs) == 2 * 6 * 6 * 4
     table = ch06.head_type_table(hs)
     assert table.shape == (2, 6)
     plots.head_boxes(hs, baselines={"tiny-dino": 0.6})
 
-    ts = ch06.iav_tsne(models, "embedded", run_dir=run_dir, perplexity=3.0, spec=SMALL)
+    ts = ch06.iav_tsne(study, perplexity=3.0)
     assert set(ts["layer"]) == {f"L{i}" for i in range(1, 7)} | {"classifier"}
     plots.tsne_grid(ts, classes=images.class_names("embedded"))
-    sep = ch07.class_separability(models, "embedded", run_dir=run_dir, spec=SMALL)
+    sep = ch07.class_separability(study)
     assert sep["knn_accuracy"].between(0, 100).all()
     plots.separability_curves(sep, chance=10.0)
 
-    exm = [ch07.example_maps(p, "embedded", run_dir=run_dir, spec=SMALL) for p in models]
+    exm = [ch07.example_maps(study, p) for p in models]
     plots.example_maps(exm, classes=images.class_names("embedded"))
 
-    mc = ch03.masking_curves(models, "embedded", run_dir=run_dir, ratios=(0.5, 1.0), spec=SMALL)
+    mc = ch03.masking_curves(study, ratios=(0.5, 1.0))
     assert set(mc["method"]) == set(ch03.MASK_METHODS) and set(mc["ratio"]) == {0.0, 50.0, 100.0}
     plots.masking_curves(mc)
 
-    acc = ch01.accuracy_table(models, "embedded", run_dir=run_dir, num_eval=16, spec=AnalysisSpec(device="cpu"))
+    acc = ch01.accuracy_table(study.replace(spec=AnalysisSpec(device="cpu")), num_eval=16)
     assert acc.shape[0] == 2
-    rob = ch01.robustness_curves(models, "embedded", run_dir=run_dir, num_eval=16, blur_degrees=(0.0, 1.0),
-                                 spec=AnalysisSpec(device="cpu", progress=False))
+    rob = ch01.robustness_curves(study.replace(spec=AnalysisSpec(device="cpu", progress=False)), num_eval=16,
+                                 blur_degrees=(0.0, 1.0))
     assert set(rob["shift_kind"]) == {"blur", "jigsaw-2", "jigsaw-grid"}
     assert set(rob[rob["shift_kind"] == "jigsaw-grid"]["level"]) == {0, 1, 4, 16, 64}
     clean = rob[rob["level"] == 0].groupby("model")["accuracy"].nunique()
@@ -326,5 +328,5 @@ def test_checkpoint_analysis_with_tol_reports_n_and_error(run_dir: Path) -> None
     again = iavs.checkpoint_analysis("tiny-dino", "embedded", None, run_dir=run_dir, spec=spec)  # from the store
     assert torch.equal(again["n_used"], r["n_used"]) and torch.equal(again["error"], r["error"])
     assert "n_used" not in iavs.checkpoint_analysis("tiny-dino", "embedded", None, run_dir=run_dir, spec=SMALL)
-    table = iavs.precision_table(["tiny-dino"], "embedded", run_dir=run_dir, spec=spec)
+    table = iavs.precision_table(Study(["tiny-dino"], "embedded", run_dir, spec))
     assert table.loc[0, "n per image"] == int(r["n_used"]) and table.loc[0, "largest error"] >= 0

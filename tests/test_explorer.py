@@ -42,6 +42,19 @@ def test_compute_head_maps_is_the_core_ia_score() -> None:
     torch.testing.assert_close(r["smoothgrad"], sg[0])
 
 
+def test_compute_head_maps_ignores_the_precision_mode() -> None:
+    # tol is a rule over a dataset's global-IAVs; the explorer's maps are labelled with n_samples.
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                              num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    spec = AnalysisSpec(n_samples=3, noise_level=0.1, seed=5, progress=False)
+    fixed = head_maps.compute_head_maps(model, x, target=1, spec=spec, index=7)
+    with_tol = head_maps.compute_head_maps(model, x, target=1, spec=spec.replace(tol=0.01), index=7)
+    torch.testing.assert_close(with_tol["smoothgrad"], fixed["smoothgrad"])
+    torch.testing.assert_close(with_tol["scores"], fixed["scores"])
+
+
 def test_composites_are_small_distinct_pngs() -> None:
     m = _maps()
     pngs = explorer.render_composites(m, panel_px=100)

@@ -27,6 +27,7 @@ from iavutils.analysis import images
 from iavutils.analysis import receptive_field as ch04
 from iavutils.analysis import robustness as ch01
 from iavutils.analysis import separability as sp
+from iavutils.analysis.study import Study
 from iavutils.core import metrics
 from iavutils.core.spec import AnalysisSpec
 from iavutils.publish.explorer import build_explorer, summary_figure, top_heads
@@ -65,39 +66,39 @@ def test_analysis_chapters_02_to_07(cifar_run):
     run = cifar_run
     common = dict(run_dir=run, spec=SMALL)
     r = iavs.checkpoint_analysis("tiny-sup", "cifar10", **common)
+    study = Study(PRESETS, "cifar10", run, SMALL)
     assert "mask" not in r and r["iav"].shape == (4, 6, 4)
     # 01
-    acc = ch01.accuracy_table(PRESETS, "cifar10", run_dir=run, spec=AnalysisSpec(device="cpu"))
+    acc = ch01.accuracy_table(study.replace(spec=AnalysisSpec(device="cpu")))
     assert list(acc.columns) == ["model", "pretraining", "test accuracy (%)"]
-    rob = ch01.robustness_curves(PRESETS, "cifar10", run_dir=run, num_eval=4,
-                                 spec=AnalysisSpec(device="cpu", progress=False))
+    rob = ch01.robustness_curves(study.replace(spec=AnalysisSpec(device="cpu", progress=False)), num_eval=4)
     assert set(rob["shift_kind"]) == {"blur", "jigsaw-2", "jigsaw-grid"}
     # 02, 03, 04
-    dyn = ch02.training_dynamics(PRESETS, "cifar10", stride=1, **common)
+    dyn = ch02.training_dynamics(study, stride=1)
     assert sorted(dyn["epoch"].unique()) == [0, 1]
-    mask = ch03.masking_curves(PRESETS, "cifar10", **common)
+    mask = ch03.masking_curves(study)
     assert set(mask["method"]) == set(ch03.MASK_METHODS)
-    assert not ch04.entropy_over_epochs(PRESETS, "cifar10", stride=1, **common).empty
-    assert not ch04.last_layer_entropy(PRESETS, "cifar10", **common).empty
+    assert not ch04.entropy_over_epochs(study, stride=1).empty
+    assert not ch04.last_layer_entropy(study).empty
     # 05: everything but the AAV with the mask, which is skipped with its reason
-    examples = [ch07.example_maps(p, "cifar10", sample=0, **common) for p in PRESETS]
+    examples = [ch07.example_maps(study, p, sample=0) for p in PRESETS]
     assert all("mask" not in e and e["image"].shape == (32, 32, 3) for e in examples)
     with pytest.warns(images.NoMasksWarning, match="cifar10 has no object masks"):
-        scores = ch05.global_scores_over_epochs(PRESETS, "cifar10", stride=1, aav_reference="tiny-sup", **common)
+        scores = ch05.global_scores_over_epochs(study, stride=1, aav_reference="tiny-sup")
     assert set(scores["score"]) == {"IAV", "AAV (tiny-sup)"}
-    uni = ch05.uniform_baselines(PRESETS, "cifar10", stride=1, aav_reference="tiny-sup", **common)
+    uni = ch05.uniform_baselines(study, stride=1, aav_reference="tiny-sup")
     assert set(uni["score"]) == {"IAV", "AAV (tiny-sup)"}
     # 06, 07
-    hs = ch06.head_scores(PRESETS, "cifar10", **common)
+    hs = ch06.head_scores(study)
     assert not ch06.head_type_table(hs).empty
-    assert set(ch06.iav_tsne(PRESETS, "cifar10", perplexity=2.0, **common)["model"]) == set(PRESETS)
-    assert not ch07.class_separability(PRESETS, "cifar10", **common).empty
+    assert set(ch06.iav_tsne(study, perplexity=2.0)["model"]) == set(PRESETS)
+    assert not ch07.class_separability(study).empty
     assert len(images.class_names("cifar10")) == 10
 
 
 def test_gmar_chapter_08_skips_localization_with_reason(cifar_run):
     with pytest.warns(images.NoMasksWarning, match="localization"):
-        results = {p: ev.run_explanation_eval(p, "cifar10", cifar_run, spec=SMALL) for p in PRESETS}
+        results = {p: ev.run_explanation_eval(Study(PRESETS, "cifar10", cifar_run, SMALL), p) for p in PRESETS}
     assert all("aav_mask" not in r and not any(k.startswith("loc.") for k in r) for r in results.values())
     table = ev.explanation_table(results)
     assert table[table["method"].isin(ev.PERTURBATION_METHODS)]["auc_positive"].notna().all()
@@ -112,10 +113,10 @@ def test_explorer_ablation_separability_09_to_11(cifar_run):
     assert len(maps) == 2 * len(PRESETS)
     summary_figure(maps)
     assert len(top_heads(maps, k=2)) > 0
-    res = {p: ab.run_head_ablation(p, "cifar10", cifar_run, ablation_images=4, spec=SMALL) for p in PRESETS}
+    res = {p: ab.run_head_ablation(Study(PRESETS, "cifar10", cifar_run, SMALL), p, ablation_images=4) for p in PRESETS}
     frame = ab.ablation_frame(res)
     assert len(frame) == 2 * 6 * 4 and frame["logit_drop"].notna().all()
-    trends = sp.checkpoint_trends(PRESETS, "cifar10", cifar_run, epoch_stride=1, spec=SMALL)
+    trends = sp.checkpoint_trends(Study(PRESETS, "cifar10", cifar_run, SMALL), epoch_stride=1)
     assert set(trends) == set(PRESETS) and trends["tiny-sup"]["epochs"].tolist() == [0, 1]
     assert not math.isnan(float(trends["tiny-sup"]["global_iav"].double().nanmean()))
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from iavutils.analysis import separability as sep
+from iavutils.analysis.study import Study
 from iavutils.core.spec import AnalysisSpec
 
 
@@ -131,7 +132,7 @@ def test_checkpoint_trends_and_report_on_a_run(tmp_path):
     presets = ["tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k"]
     run = _fake_run(tmp_path, presets)
     small = AnalysisSpec(num_images=4, n_samples=2, noise_level=0.15, seed=0, device="cpu", progress=False)
-    trends = sep.checkpoint_trends(presets, "embedded", run, epoch_stride=2, spec=small)
+    trends = sep.checkpoint_trends(Study(presets, "embedded", run, small), epoch_stride=2)
     assert trends["tiny-dino"]["epochs"].tolist() == [0, 2]
     assert trends["tiny-dino"]["global_iav"].shape == (2, 6, 4)
     assert trends["tiny-sup"]["accuracy"].tolist() == pytest.approx([0.12, 0.22])
