@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # the analysis specification (every knob of an IAV analysis, its defaults, the cache key)
     "AnalysisSpec": "core.spec",
+    "Study": "analysis.study",
     # hook plumbing and model geometry
     "record_attention": "core.hooks",
     "AttentionRecorder": "core.hooks",

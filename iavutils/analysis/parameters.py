@@ -359,7 +359,7 @@ def analysis_spec(values: Mapping[str, Any] | None = None, /, **parameters: Any)
     """The analysis specification of a notebook's parameters, checked as :func:`check_parameters` does.
 
     A chapter builds it in one line after its parameters cell, ``spec = analysis_spec(globals())``,
-    and passes ``spec`` to every chapter function; a parameter the notebook does not declare
+    and wraps it in the :class:`~iavutils.analysis.study.Study` every chapter function takes; a parameter the notebook does not declare
     takes the default of :class:`~iavutils.core.spec.AnalysisSpec` (the defaults live there only).
 
     Args:
