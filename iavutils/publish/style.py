@@ -5,6 +5,12 @@ cool colours (MIM/BEiT blue, DINO green), supervised ones in warm colours (small
 source/DeiT vermillion, large labelled source/ImageNet-21k orange); an embedded preset and the
 real model it stands for share a colour. Epochs are shades of the model's colour, darker =
 later, as in the paper's Figs. 6a and 7.
+
+Maps (attention, SmoothGrad, explanations) are never min-max scaled per panel, which makes
+near-uniform attention look as structured as a peaked one. Each map is divided by its own mean
+(:func:`relative_to_uniform`: 1 = uniform, unit "× uniform"), the panels of a figure share one
+colour scale (:func:`common_scale`) drawn as a colour bar (:func:`scale_colorbar`), and each
+panel's title carries the map's entropy (:func:`map_entropy`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ __all__ = [
     "model_label",
     "model_palette",
     "epoch_shades",
+    "relative_to_uniform",
+    "map_entropy",
+    "common_scale",
+    "scale_colorbar",
+    "SCALE_LABEL",
 ]
 
 _BLUE, _GREEN, _VERMILLION, _ORANGE, _PINK, _GREY = "#0173b2", "#029e73", "#d55e00", "#de8f05", "#cc78bc", "#7f7f7f"
@@ -96,3 +107,64 @@ def epoch_shades(preset: str, epochs: Sequence[int]) -> dict[int, Any]:
         col = (1 - t) * (0.25 * base + 0.75) + t * (0.65 * base)
         out[e] = tuple(np.clip(col, 0, 1))
     return out
+
+
+#: Colour-bar label of maps shown by :func:`relative_to_uniform`.
+SCALE_LABEL = "× uniform (map / its mean)"
+
+
+def relative_to_uniform(a: Any) -> np.ndarray:
+    """A non-negative map divided by its mean: a uniform map is 1 everywhere.
+
+    The unit does not depend on the map's total (attention rows sum below 1, SmoothGrad has the
+    gradient's scale) nor on its resolution, so maps of different heads, models and methods can
+    share one colour scale. Negative values (signed explanation maps) are clipped to 0 first; an
+    all-zero map stays 0.
+
+    Args:
+        a: A map of any shape (``[gh,gw]``, ``[H,W]``, ``[P]``).
+
+    Returns:
+        ``float64`` array of the same shape.
+    """
+    a = np.clip(np.nan_to_num(np.asarray(a, dtype=np.float64)), 0, None)
+    m = a.mean()
+    return a / m if m > 0 else np.zeros_like(a)
+
+
+def map_entropy(a: Any) -> float:
+    """Entropy (nats) of a map normalised to sum 1 over its cells (0 log 0 = 0), as
+    :func:`iavutils.core.scores.attention_entropy` defines it; uniform over ``n`` cells gives
+    ``log n``. Negative values are clipped to 0; an all-zero map gives NaN."""
+    import torch
+
+    from ..core.scores import attention_entropy
+
+    a = np.clip(np.nan_to_num(np.asarray(a, dtype=np.float64)), 0, None).ravel()
+    if not a.sum() > 0:
+        return float("nan")
+    return float(attention_entropy(torch.from_numpy(a))[()])
+
+
+def common_scale(maps: Sequence[Any], quantile: float = 100.0) -> tuple[float, float]:
+    """``(vmin, vmax)`` shared by the panels of maps already in "× uniform" units.
+
+    ``vmin`` is 0 (no attention); ``vmax`` is the ``quantile``-th percentile of all values of
+    all maps (100: their maximum), and at least 1 so that a set of uniform maps is not
+    stretched.
+    """
+    vals = np.concatenate([np.asarray(m, dtype=np.float64).ravel() for m in maps]) if len(maps) else np.ones(1)
+    vals = vals[np.isfinite(vals)]
+    top = float(np.percentile(vals, quantile)) if vals.size else 1.0
+    return 0.0, max(1.0, top)
+
+
+def scale_colorbar(fig: Any, image: Any, label: str = SCALE_LABEL,
+                   rect: Sequence[float] = (0.93, 0.15, 0.012, 0.7)) -> Any:
+    """One colour bar, in its own axes at ``rect`` (figure fraction), for the panels sharing
+    ``image``'s scale. Call after ``tight_layout`` and leave room (``subplots_adjust(right=...)``):
+    a bar stealing space from many panels would not survive ``tight_layout``."""
+    cb = fig.colorbar(image, cax=fig.add_axes(list(rect)))
+    cb.set_label(label, fontsize="x-small")
+    cb.ax.tick_params(labelsize=7)
+    return cb
