@@ -75,31 +75,42 @@ def test_ablation_tables():
 def test_ablation_verdict_cannot_tell():
     models, _, clean, _, corr, groups_rel = _ablation_tables(0.0, 0.0)
     text = ha.ablation_verdict(corr, groups_rel, clean, models)
-    assert "**Cannot tell.**" in text and "**No.**" not in text and "**Partly.**" not in text
-    assert text.count("\n- ") == 1 and text.startswith("- **tiny-a**")
+    body = text.split("\n\n", 1)[1]  # after the rule, which names every case
+    assert "**Cannot tell**" in body and "**Yes**" not in body and "**No**" not in body and "Partly" not in text
+    assert text.startswith("Rule (α = 0.05") and text.count("\n- ") == 2 and "\n\n- **tiny-a**" in text
 
 
-def test_ablation_verdict_no():
+# The old rule called (0.8, 1.0) "No" (0.8 >= 0.5 * 1.0) and (0.1, 1.0) "Partly" from a ratio of the
+# means (issue 11, protocol error 3). With every upper-half head costing more than every lower-half
+# one, the one-sided test and the interval of rho both say "Yes" now.
+def test_ablation_verdict_yes_when_upper_half_costs_more():
     models, _, clean, _, corr, groups_rel = _ablation_tables(0.8, 1.0)
     text = ha.ablation_verdict(corr, groups_rel, clean, models, label=str.upper)
-    assert "**No.** The heads with the lowest IA-Scores are not dispensable here" in text
-    assert "costs 0.800 logits on average against 1.000" in text
-    assert "- **TINY-A** (4 Low-IA head(s)" in text  # the label function names the models
+    assert "**Yes** (all heads pooled: 0.800 vs 1.000 logits per ablated lower-/upper-half head" in text
+    assert "Heads with low IA-Scores matter less here" in text
+    assert "- **TINY-A**: **Yes**" in text and "4 Low-IA head(s)" in text  # the label function names the models
     assert "no Low-IA head in this run" not in text
 
 
-def test_ablation_verdict_partly():
+def test_ablation_verdict_yes_with_group_controls():
     models, _, clean, _, corr, groups_rel = _ablation_tables(0.1, 1.0)
     text = ha.ablation_verdict(corr, groups_rel, clean, models)
-    assert "**Partly.** Heads with low IA-Scores matter less here (0.100 vs 1.000 logits" in text
+    assert "**Yes** (all heads pooled: 0.100 vs 1.000 logits" in text and "Partly" not in text
     assert "by 0.100 on average vs 0.500 for same-size sets of that layer's heads (less)" in text
+
+
+def test_ablation_verdict_no_when_lower_half_costs_more():
+    models, _, clean, _, corr, groups_rel = _ablation_tables(1.0, 0.1)
+    text = ha.ablation_verdict(corr, groups_rel, clean, models)
+    assert "**No** (all heads pooled: 1.000 vs 0.100 logits" in text
+    assert "cost more than the others when ablated" in text
 
 
 def test_ablation_verdict_without_low_ia_heads_uses_the_relative_split():
     models, _, clean, _, corr, groups_rel = _ablation_tables(0.1, 1.0, all_high=True)
     assert (clean["Low-IA heads"] == 0).all()
     text = ha.ablation_verdict(corr, groups_rel, clean, models)
-    assert "**Partly.**" in text
+    assert "**Yes**" in text  # "Partly" before the rule became a test (issue 11)
     assert text.endswith("so the paper's question is answered here with the relative split.")
 
 

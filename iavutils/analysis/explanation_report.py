@@ -19,6 +19,7 @@ from .explanations import EXPLANATION_METHODS, gmar_vs_rollout
 
 __all__ = [
     "AUC_TABLES",
+    "GMAR_RULE",
     "NO_MASKS_AAV",
     "NO_MASKS_LOCALIZATION",
     "comparison_table",
@@ -49,6 +50,15 @@ NO_MASKS_LOCALIZATION = (
 NO_MASKS_AAV = (
     "**Skipped: {dataset} has no object masks**, so the AAV with the mask cannot be "
     "computed; chapter 05 shows the AAV with a reference model's SmoothGrad instead."
+)
+
+
+#: The rule of :func:`gmar_verdict`, as the chapter prints it.
+GMAR_RULE = (
+    "Rule: a comparison is *better* (*worse*) when its 95 % paired bootstrap interval over images "
+    "excludes 0 in GMAR's (rollout's) favour, *indistinguishable* when it contains 0; the verdict is "
+    "**GMAR beats rollout** when more than half of all comparisons are *better*, **worse** when more "
+    "than half are *worse*, **cannot say** otherwise."
 )
 
 
@@ -123,9 +133,9 @@ def comparison_table(results: Mapping[str, Mapping[str, Tensor]], **kw: Any) -> 
 
 
 def gmar_verdict(cmp: Any, table: Any, n_models: int) -> str:
-    """The chapter's answer in Markdown: counts of the comparisons, mean differences, verdict.
+    """The chapter's answer in Markdown: counts of the comparisons, mean differences, rule, verdict.
 
-    **GMAR beats rollout** when more than half of the comparisons (models × GMAR norms × the
+    The rule (:data:`GMAR_RULE`, printed before the verdict): **GMAR beats rollout** when more than half of the comparisons (models × GMAR norms × the
     two tests) say better, **it is worse** when more than half say worse, **cannot say**
     otherwise.
 
@@ -150,6 +160,7 @@ def gmar_verdict(cmp: Any, table: Any, n_models: int) -> str:
         loc = table.pivot(index="model", columns="method", values="miou")
         d = (loc["gmar_l1"] - loc["rollout"]).mean()
         lines.append(f"Localization: mean mIoU difference GMAR-L1 − rollout = {d:+.3f}.")
+    lines.append(GMAR_RULE)
     if counts.get("better", 0) > n / 2:
         lines.append("**Verdict: on these models GMAR beats rollout.**")
     elif counts.get("worse", 0) > n / 2:

@@ -2,8 +2,9 @@
 
 The ablation itself (hooks, single heads, groups, GMAR weights) is :mod:`iavutils.analysis.ablation`.
 This module runs it on a finetuned checkpoint with its IA-Scores (cached), relates the drops to
-the IA-Score and the GMAR weight (Spearman, Mann–Whitney), builds the chapter's tables and
-writes its verdict ("No", "Partly", "Cannot tell") from them.
+the IA-Score and the GMAR weight (Spearman with a bootstrap interval, one-sided Mann–Whitney),
+builds the chapter's tables and writes its verdict ("Yes", "No", "Cannot tell") from those tests
+by the rule :data:`VERDICT_RULE`, which the chapter prints.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from .ablation import group_ablation, head_ablation, mean_gmar_weights
 from .study import Study
 
 __all__ = [
+    "ALPHA",
     "GROUPS",
+    "VERDICT_RULE",
     "ablation_frame",
     "ablation_scores",
     "ablation_verdict",
+    "verdict_case",
     "clean_table",
     "correlation_table",
     "group_frame",
@@ -39,16 +43,19 @@ def _as_float64(v: Any) -> Tensor:
     return torch.tensor(np.asarray(v, dtype=np.float64))
 
 
-def rank_correlation(a: Tensor, b: Tensor) -> dict[str, float]:
+def rank_correlation(a: Tensor, b: Tensor, n_boot: int = 0, seed: int = 0) -> dict[str, float]:
     """Spearman rank correlation of two per-head quantities, ignoring NaN pairs.
 
     Args:
         a: Any shape (e.g. ``[L,H]`` logit drop); tensor or array-like.
         b: Same shape (e.g. ``[L,H]`` global-IAV).
+        n_boot: Bootstrap resamples of the heads (pairs) for a 95% percentile interval of ρ;
+            0: no interval.
+        seed: Bootstrap seed.
 
     Returns:
         ``{"rho", "p_value", "n"}`` (two-sided p-value of scipy's test; NaN if ``n < 3`` or a
-        side is constant).
+        side is constant), plus ``"low"``, ``"high"`` (the interval) when ``n_boot > 0``.
     """
     from scipy.stats import spearmanr
 
@@ -56,10 +63,29 @@ def rank_correlation(a: Tensor, b: Tensor) -> dict[str, float]:
     y = _as_float64(b).flatten()
     ok = torch.isfinite(x) & torch.isfinite(y)
     n = int(ok.sum())
+    nan = float("nan")
+    ci = {"low": nan, "high": nan} if n_boot > 0 else {}
     if n < 3 or x[ok].unique().numel() < 2 or y[ok].unique().numel() < 2:
-        return {"rho": float("nan"), "p_value": float("nan"), "n": n}
+        return {"rho": nan, "p_value": nan, "n": n, **ci}
     res = spearmanr(x[ok].numpy(), y[ok].numpy())
-    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": n}
+    if n_boot > 0:
+        ci = _spearman_interval(x[ok].numpy(), y[ok].numpy(), n_boot, seed)
+    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": n, **ci}
+
+
+def _spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    """95% percentile bootstrap interval of Spearman's ρ, resampling (x, y) pairs."""
+    from scipy.stats import rankdata
+
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
+    rx, ry = rankdata(x[idx], axis=1), rankdata(y[idx], axis=1)  # ties: average ranks, as spearmanr
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    den = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(den > 0, (rx * ry).sum(1) / den, np.nan)  # a constant resample has no ρ
+    lo, hi = np.nanquantile(rho, [0.025, 0.975])
+    return {"low": float(lo), "high": float(hi)}
 
 
 def head_group_comparison(drop: Tensor, high_ia: Tensor) -> dict[str, float]:
@@ -70,23 +96,26 @@ def head_group_comparison(drop: Tensor, high_ia: Tensor) -> dict[str, float]:
         high_ia: Same shape, bool head types.
 
     Returns:
-        ``{"mean_low", "mean_high", "n_low", "n_high", "p_value"}`` (two-sided; NaN if a group
-        has no head).
+        ``{"mean_low", "mean_high", "n_low", "n_high", "p_value", "p_high_greater",
+        "p_low_greater"}``: the two-sided p and the two one-sided ones (alternative: High-IA
+        drops are stochastically greater, resp. smaller); NaN if a group has no head.
     """
     from scipy.stats import mannwhitneyu
 
     d = _as_float64(drop)
     hi = _as_float64(high_ia) > 0.5
     lo_v, hi_v = d[~hi & torch.isfinite(d)], d[hi & torch.isfinite(d)]
-    p = float("nan")
+    p = {"p_value": float("nan"), "p_high_greater": float("nan"), "p_low_greater": float("nan")}
     if lo_v.numel() and hi_v.numel():
-        p = float(mannwhitneyu(lo_v.numpy(), hi_v.numpy(), alternative="two-sided").pvalue)
+        p["p_value"] = float(mannwhitneyu(lo_v.numpy(), hi_v.numpy(), alternative="two-sided").pvalue)
+        for key, alt in (("p_high_greater", "greater"), ("p_low_greater", "less")):
+            p[key] = float(mannwhitneyu(hi_v.numpy(), lo_v.numpy(), alternative=alt).pvalue)
     return {
         "mean_low": float(lo_v.mean()) if lo_v.numel() else float("nan"),
         "mean_high": float(hi_v.mean()) if hi_v.numel() else float("nan"),
         "n_low": int(lo_v.numel()),
         "n_high": int(hi_v.numel()),
-        "p_value": p,
+        **p,
     }
 
 
@@ -269,36 +298,41 @@ def head_frame(results: Mapping[str, Mapping[str, Tensor]], models: Sequence[str
     return heads
 
 
-def correlation_table(heads: Any, models: Sequence[str]) -> Any:
+def correlation_table(heads: Any, models: Sequence[str], n_boot: int = 2000, seed: int = 0) -> Any:
     """Per model and pooled: rank correlations of the single-head drops and the two head splits.
 
     Args:
         heads: :func:`head_frame`.
         models: Models in display order.
+        n_boot: Bootstrap resamples of the heads for the interval of ρ(logit drop, IA-Score).
+        seed: Bootstrap seed.
 
     Returns:
         ``pandas.DataFrame`` indexed by model (plus ``"all models (pooled)"``) with the ρ and
-        p-values of the logit/accuracy drop against the IA-Score and the GMAR weight, and the
-        mean drops and Mann–Whitney p of the paper's split and of the halves (``high_rel``).
+        p-values of the logit/accuracy drop against the IA-Score (with a 95% bootstrap interval)
+        and the GMAR weight, the mean drops and Mann–Whitney p of the paper's split, and of the
+        halves (``high_rel``) also the two one-sided p-values the verdict reads.
     """
     import pandas as pd
 
     rows = []
     for p in list(models) + ["all models (pooled)"]:
         sub = heads if p.startswith("all") else heads[heads["model"] == p]
-        r_ia = rank_correlation(sub["logit_drop"].to_numpy(), sub["ia"].to_numpy())
+        r_ia = rank_correlation(sub["logit_drop"].to_numpy(), sub["ia"].to_numpy(), n_boot=n_boot, seed=seed)
         r_gm = rank_correlation(sub["logit_drop"].to_numpy(), sub["gmar_weight"].to_numpy())
         r_acc = rank_correlation(sub["accuracy_drop"].to_numpy(), sub["ia"].to_numpy())
         cmp = head_group_comparison(sub["logit_drop"].to_numpy(), sub["high_ia"].to_numpy())
         rel = head_group_comparison(sub["logit_drop"].to_numpy(), sub["high_rel"].to_numpy())
         rows.append({"model": p, "heads": r_ia["n"],
                      "ρ(logit drop, IA-Score)": r_ia["rho"], "p (IA)": r_ia["p_value"],
+                     "ρ 95% low": r_ia.get("low", float("nan")), "ρ 95% high": r_ia.get("high", float("nan")),
                      "ρ(accuracy drop, IA-Score)": r_acc["rho"],
                      "ρ(logit drop, GMAR weight)": r_gm["rho"], "p (GMAR)": r_gm["p_value"],
                      "mean drop Low-IA": cmp["mean_low"], "mean drop High-IA": cmp["mean_high"],
                      "Mann–Whitney p": cmp["p_value"],
                      "mean drop lower half": rel["mean_low"], "mean drop upper half": rel["mean_high"],
-                     "Mann–Whitney p (halves)": rel["p_value"]})
+                     "Mann–Whitney p (halves)": rel["p_value"],
+                     "p (upper > lower)": rel["p_high_greater"], "p (lower > upper)": rel["p_low_greater"]})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -329,16 +363,61 @@ def group_frame(results: Mapping[str, Mapping[str, Tensor]], models: Sequence[st
 
 # --------------------------------------------------------------------------- the chapter's verdict
 
+#: Significance level of the verdict's one-sided tests (the ρ interval is the matching 95% one).
+ALPHA = 0.05
+
+#: The verdict's rule as the chapter prints it (``{alpha}``: :data:`ALPHA`).
+VERDICT_RULE = (
+    "Rule (α = {alpha}, applied to each model and to all heads pooled; heads split at their model's "
+    "median global-IAV): **Yes** (a lower IA-Score goes with a smaller effect) when ablating an "
+    "upper-half head lowers the true-class logit more than a lower-half one (one-sided Mann–Whitney, "
+    "p ≤ α) *and* the 95 % bootstrap interval of ρ(logit drop, IA-Score) lies above 0; **No** when "
+    "both point the other way (lower-half heads cost more, one-sided p ≤ α, and the interval lies "
+    "below 0); **Cannot tell** otherwise."
+)
+
+
+def verdict_case(p_upper: float, p_lower: float, rho_low: float, rho_high: float, alpha: float = ALPHA) -> str:
+    """The rule of :data:`VERDICT_RULE` on one set of tests: ``"Yes"``, ``"No"`` or ``"Cannot tell"``.
+
+    Args:
+        p_upper: One-sided p of "upper-half drops are greater".
+        p_lower: One-sided p of "lower-half drops are greater".
+        rho_low: Lower end of the 95% interval of ρ(logit drop, IA-Score).
+        rho_high: Upper end of that interval.
+        alpha: Significance level.
+
+    Returns:
+        The case; NaN anywhere (an empty half, a constant drop) can only give ``"Cannot tell"``.
+    """
+    if p_upper <= alpha and rho_low > 0:
+        return "Yes"
+    if p_lower <= alpha and rho_high < 0:
+        return "No"
+    return "Cannot tell"
+
+
+def _tests(c: Any) -> str:
+    """The numbers a row's verdict is read from, in words."""
+    return (f"{c['mean drop lower half']:.3f} vs {c['mean drop upper half']:.3f} logits per ablated "
+            f"lower-/upper-half head, one-sided p = {c['p (upper > lower)']:.2g} (upper > lower) and "
+            f"{c['p (lower > upper)']:.2g} (lower > upper); ρ(logit drop, IA-Score) = "
+            f"{c['ρ(logit drop, IA-Score)']:.2f} [{c['ρ 95% low']:.2f}, {c['ρ 95% high']:.2f}]")
+
+
+def _case(c: Any, alpha: float) -> str:
+    return verdict_case(c["p (upper > lower)"], c["p (lower > upper)"], c["ρ 95% low"], c["ρ 95% high"], alpha)
+
 
 def ablation_verdict(
-    corr: Any, groups_rel: Any, clean: Any, models: Sequence[str], label: Callable[[str], str] = str
+    corr: Any, groups_rel: Any, clean: Any, models: Sequence[str], label: Callable[[str], str] = str,
+    alpha: float = ALPHA,
 ) -> str:
-    """The chapter's answer in Markdown: one line per model, then "No", "Partly" or "Cannot tell".
+    """The chapter's answer in Markdown: the rule, one line per model, then the pooled verdict.
 
-    The verdict reads the pooled halves (heads above / at-or-below each model's median
-    global-IAV): **Cannot tell** when ablating an upper-half head does not lower the logit on
-    average, **No** when a lower-half head costs at least half as much as an upper-half one,
-    **Partly** otherwise.
+    Every verdict ("Yes", "No", "Cannot tell") follows :data:`VERDICT_RULE` (:func:`verdict_case`)
+    from the one-sided Mann–Whitney tests of the halves and the bootstrap interval of ρ in
+    ``corr``; the text states the rule and the numbers it was read from.
 
     Args:
         corr: :func:`correlation_table`.
@@ -346,11 +425,12 @@ def ablation_verdict(
         clean: :func:`clean_table`.
         models: Models in display order.
         label: Display name of a model (e.g. ``iavutils.publish.plots.model_label``).
+        alpha: Significance level of the one-sided tests.
 
     Returns:
         Markdown text.
     """
-    lines = []
+    lines = [VERDICT_RULE.format(alpha=alpha), ""]
     pooled = corr.loc["all models (pooled)"]
     for p in models:
         c = corr.loc[p]
@@ -359,28 +439,23 @@ def ablation_verdict(
         ctl = sub[sub["group"] == "same-size control (low)"]["logit drop"]
         rel = "less" if low.mean() < ctl.mean() else "more"
         n_low = int(clean.set_index("model").loc[p, "Low-IA heads"])
-        lines.append(f"- **{label(p)}** ({n_low} Low-IA head(s) by the paper's threshold): "
-                     f"removing a layer's lower-IA half lowers the true-class logit by {low.mean():.3f} on "
-                     f"average vs {ctl.mean():.3f} for same-size sets of that layer's heads ({rel}); single "
-                     f"heads: ρ(logit drop, IA-Score) = {c['ρ(logit drop, IA-Score)']:.2f}, "
-                     f"ρ(logit drop, GMAR weight) = {c['ρ(logit drop, GMAR weight)']:.2f}.")
-    rho = pooled["ρ(logit drop, IA-Score)"]
-    lo, hi = pooled["mean drop lower half"], pooled["mean drop upper half"]
-    pval = pooled["Mann–Whitney p (halves)"]
-    if not hi > 0:
-        verdict = (f"**Cannot tell.** Ablating a single head barely moves the true-class logit in either half "
-                   f"({lo:.3f} vs {hi:.3f} logits on average; pooled ρ = {rho:.2f}): no head is individually "
-                   f"needed here, whatever its IA-Score.")
-    elif lo >= 0.5 * hi:
-        verdict = (f"**No.** The heads with the lowest IA-Scores are not dispensable here: ablating one "
-                   f"costs {lo:.3f} logits on average against {hi:.3f} for the upper half (Mann–Whitney "
-                   f"p = {pval:.2g}; pooled ρ between IA-Score and drop = {rho:.2f}). A low IA-Score says "
-                   f"that a head looks elsewhere than SmoothGrad, not that the decision ignores it.")
+        lines.append(f"- **{label(p)}**: **{_case(c, alpha)}** ({_tests(c)}). {n_low} Low-IA head(s) by the "
+                     f"paper's threshold; removing a layer's lower-IA half lowers the true-class logit by "
+                     f"{low.mean():.3f} on average vs {ctl.mean():.3f} for same-size sets of that layer's heads "
+                     f"({rel}); ρ(logit drop, GMAR weight) = {c['ρ(logit drop, GMAR weight)']:.2f}.")
+    case = _case(pooled, alpha)
+    head = f"**{case}** (all heads pooled: {_tests(pooled)})."
+    if case == "Yes":
+        verdict = (f"{head} Heads with low IA-Scores matter less here; a smaller effect is not no effect: "
+                   f"check the per-layer controls above before calling them unimportant.")
+    elif case == "No":
+        verdict = (f"{head} The heads with the lowest IA-Scores cost more than the others when ablated: a "
+                   f"low IA-Score says that a head looks elsewhere than SmoothGrad, not that the decision "
+                   f"ignores it.")
     else:
-        verdict = (f"**Partly.** Heads with low IA-Scores matter less here ({lo:.3f} vs {hi:.3f} logits "
-                   f"per ablated head; Mann–Whitney p = {pval:.2g}; pooled ρ = {rho:.2f}), but a smaller "
-                   f"effect is not no effect: check the per-layer controls above before calling them "
-                   f"unimportant.")
+        verdict = (f"{head} The tests do not show that heads with low IA-Scores matter less (or more) than "
+                   f"the others; with these heads and images the IA-Score does not tell whether a head "
+                   f"matters.")
     if not bool((clean["Low-IA heads"] > 0).any()):
         verdict += (" With the paper's own 0.5 threshold there is no Low-IA head in this run, so the "
                     "paper's question is answered here with the relative split.")

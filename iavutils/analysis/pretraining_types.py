@@ -18,6 +18,8 @@ from torch import Tensor
 from .separability import SeparabilityResult
 
 __all__ = [
+    "ALPHA",
+    "SEPARABILITY_RULE",
     "per_model_accuracy",
     "pretraining_labels",
     "pretraining_table",
@@ -25,6 +27,18 @@ __all__ = [
     "too_few_models",
     "trend_frame",
 ]
+
+
+#: Significance level of the chapter's permutation test.
+ALPHA = 0.05
+
+#: The rule of :func:`separability_verdict`, as the chapter prints it (``{alpha}``: :data:`ALPHA`).
+SEPARABILITY_RULE = (
+    "Rule (α = {alpha}; one-sided group-permutation test of the global-IAV's held-out accuracy "
+    "against chance labellings of the models): **Yes** when p ≤ α; **Cannot tell** when even the "
+    "smallest p these models can reach is above α; **No** otherwise. The accuracies describe, they "
+    "do not decide."
+)
 
 
 def pretraining_labels(presets: Sequence[str]) -> dict[str, int]:
@@ -77,15 +91,18 @@ def per_model_accuracy(results: Mapping[str, SeparabilityResult], presets: Seque
     return pd.DataFrame({name: r.per_group for name, r in results.items()}).reindex(list(presets))
 
 
-def separability_verdict(results: Mapping[str, SeparabilityResult]) -> str:
+def separability_verdict(results: Mapping[str, SeparabilityResult], alpha: float = ALPHA) -> str:
     """The chapter's answer in Markdown, read from the global-IAV test and its controls.
 
-    The p-value decides between "separates beyond chance", "cannot be established with this
-    many models" (the smallest reachable p-value is above 0.05) and "does not separate"; the
-    held-out accuracy between "recognises every model", "mostly" and "only partly".
+    The p-value decides, by :data:`SEPARABILITY_RULE` (printed before the verdict), between
+    **Yes** ("separates beyond chance"), **Cannot tell** ("cannot be established with this
+    many models": the smallest reachable p-value is above ``alpha``) and **No** ("does not
+    separate"); the held-out accuracy describes: "recognises every model", "mostly" or "only
+    partly".
 
     Args:
         results: :func:`separability_report`'s results (with ``"global-IAV"``).
+        alpha: Significance level.
 
     Returns:
         Markdown text.
@@ -94,16 +111,17 @@ def separability_verdict(results: Mapping[str, SeparabilityResult]) -> str:
     lines = [f"**global-IAV**: {r.summary()}."]
     for name in [n for n in results if n != "global-IAV"]:
         lines.append(f"**{name}**: {results[name].summary()}.")
-    if r.p_value <= 0.05:
-        lines.append("The IAV trend separates the pretraining types beyond what chance labellings of "
-                     "these models achieve.")
-    elif r.min_p_value > 0.05:
-        lines.append(f"With {r.n_groups} models no labelling-based test can reach p ≤ 0.05 (the minimum "
-                     f"is {r.min_p_value:.2f}): **the embedded world cannot establish the paper's claim "
-                     "statistically**, whatever the accuracy.")
+    lines.append(SEPARABILITY_RULE.format(alpha=alpha))
+    if r.p_value <= alpha:
+        lines.append(f"**Yes** (p = {r.p_value:.3f}). The IAV trend separates the pretraining types beyond "
+                     "what chance labellings of these models achieve.")
+    elif r.min_p_value > alpha:
+        lines.append(f"**Cannot tell** (p = {r.p_value:.3f}). With {r.n_groups} models no labelling-based "
+                     f"test can reach p ≤ {alpha} (the minimum is {r.min_p_value:.2f}): **the embedded world "
+                     "cannot establish the paper's claim statistically**, whatever the accuracy.")
     else:
-        lines.append("The IAV trend does not separate the pretraining types better than chance "
-                     "labellings here.")
+        lines.append(f"**No** (p = {r.p_value:.3f}). The IAV trend does not separate the pretraining types "
+                     "better than chance labellings here.")
     if r.accuracy == 1.0:
         lines.append("The classifier does recognise every held-out model's pretraining type — "
                      "consistent with the claim, but, with this few models, equally consistent with "
