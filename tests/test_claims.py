@@ -141,3 +141,13 @@ def test_aav_reference_is_excluded_from_the_contrast() -> None:
     without = {k: v for k, v in d.items() if k != "aav"}
     q = next(c.q for c in claims.CLAIMS if c.source == "IAV Fig. 7b")
     assert math.isnan(q(without)) and math.isfinite(q(d))
+
+
+def test_head_share_is_high_for_distinct_heads_and_near_zero_without_a_head_effect() -> None:
+    rng = np.random.default_rng(0)
+    q = next(c.q for c in claims.CLAIMS if c.source == "IAV: property of the head")
+    heads = rng.uniform(0, 1, 24)
+    distinct = heads + 0.1 * rng.standard_normal((400, 24))
+    assert q({"iav": distinct.reshape(400, 6, 4)}) > 0.85
+    noise = 0.5 + 0.1 * rng.standard_normal((400, 24))
+    assert abs(q({"iav": noise.reshape(400, 6, 4)})) < 0.05

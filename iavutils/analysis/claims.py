@@ -156,7 +156,7 @@ def bootstrap(data: Mapping[str, Data], types: Mapping[str, str], groups: Mappin
 def _fmt(est: float, lo: float, hi: float) -> str:
     if not math.isfinite(est):
         return "not defined in this run"
-    return f"{est:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return f"{est:+.3g} [{lo:+.3g}, {hi:+.3g}]"  # 3 significant digits: AUCs are ~10, entropy gaps ~1e-3
 
 
 def claims_table(data: Mapping[str, Data], types: Mapping[str, str], groups: Mapping[str, str],
@@ -242,10 +242,15 @@ def _high_ia_last(d: Data) -> float:
 
 
 def _head_share(d: Data) -> float:
-    """Share of the IA-Scores' variance that the head's identity explains (between / total)."""
+    """Share of the IA-Scores' variance that the head's identity explains (one-way ICC).
+
+    The variance of the head means also holds the images' noise (within-head variance / N);
+    it is subtracted, else the share grows as fewer images are analysed.
+    """
     s = d["iav"].reshape(len(d["iav"]), -1)
-    total = np.nanvar(s)
-    return float(np.nanvar(np.nanmean(s, axis=0)) / total) if total > 0 else math.nan
+    within = float(np.nanmean(np.nanvar(s, axis=0, ddof=1)))
+    between = float(np.nanvar(np.nanmean(s, axis=0))) - within / len(s)
+    return between / (between + within) if between + within > 0 else math.nan
 
 
 def _fisher_last(d: Data) -> float:
