@@ -311,3 +311,50 @@ def test_plain_build_right_after_a_clone_stops_with_one_line(tmp_path: Path) -> 
     assert len(lines) == 1 and "Run the main job first: make book" in lines[0], out[-2000:]
     assert "Traceback" not in out
     assert not (tmp_path / "_build" / "html" / "intro.html").exists()
+
+
+# ----------------------------------------------------------------------------- the claims page, the run record
+
+
+def test_claims_page_is_first_after_the_intro_and_runs_last() -> None:
+    """Shown right after the intro, computed after every chapter (it reads their cached results)."""
+    pages = book.toc_pages(REPO / "book")
+    assert pages[:2] == ["intro", "generated/12_claims"]
+    assert runner.list_notebooks()[-1].stem == "12_claims"
+
+
+def test_run_record_names_the_run_and_merges_reruns(tmp_path: Path) -> None:
+    results = [runner.NotebookResult("00_a", 1.0, True), runner.NotebookResult("12_claims", 2.0, True)]
+    params = {"model": "tiny-mim,tiny-dino", "run_dir": str(tmp_path), "dataset": "embedded", "num_images": 8}
+    book.write_run_record(tmp_path, results, params, machine={"cpu": "C (2 cores)", "gpu": "none"},
+                          now="2026-01-01 10:00 UTC")
+    text = (tmp_path / "generated" / book.RUN_RECORD_MD).read_text()
+    assert "one run" in text and "2026-01-01 10:00 UTC" in text and "`tiny-dino`" in text
+    assert "CPU only (no GPU)" in text and "`num_images=8`" in text and str(tmp_path) not in text
+    # A rerun of one notebook on another machine: the record names both runs and their pages.
+    book.write_run_record(tmp_path, results[1:], {**params, "model": "beit,dino,deit,in21k"},
+                          machine={"cpu": "C (16 cores)", "gpu": "NVIDIA H200"}, now="2026-01-02 10:00 UTC")
+    text = (tmp_path / "generated" / book.RUN_RECORD_MD).read_text()
+    assert "several runs" in text and "GPU NVIDIA H200" in text and "ViT-B/16" in text
+    record = json.loads((tmp_path / "generated" / book.RUN_RECORD_JSON).read_text())
+    assert record["notebooks"]["00_a"]["date"].startswith("2026-01-01")
+    assert record["notebooks"]["12_claims"]["machine"]["gpu"] == "NVIDIA H200"
+
+
+def test_missing_run_record_is_reported_when_the_intro_includes_it(tmp_path: Path) -> None:
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    (tmp_path / "intro.md").write_text("# Intro\n```{include} generated/run_record.md\n```\n")
+    problems = book.check_executed(tmp_path)
+    assert len(problems) == 1 and "run record" in problems[0]
+    (tmp_path / "generated").mkdir()
+    (tmp_path / "generated" / book.RUN_RECORD_MD).write_text("**one run**\n")
+    assert book.check_executed(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_built_book_has_the_claims_table_and_the_run_record(built_book: BuiltBook) -> None:
+    claims_html = (built_book.html_dir / "generated" / "12_claims.html").read_text()
+    assert "verdict" in claims_html and "95 % CI" in claims_html
+    assert any(v in claims_html for v in ("reproduced", "contradicted", "inconclusive"))
+    intro = (built_book.html_dir / "intro.html").read_text()
+    assert "were produced by one run" in intro

@@ -34,6 +34,7 @@ from typing import Any
 
 from .notebook_files import BOOK_DIR, NOTEBOOK_DIR, REPO, RUN_DIR, cell_source, first_error
 from .runner import (
+    PRESET_GROUPS,
     SMALL_PARAMETERS,
     TINY_BUDGET_S,
     default_parameters,
@@ -189,6 +190,10 @@ def check_executed(book_dir: Path) -> list[str]:
         One message per problem (empty when every page is fine).
     """
     problems: list[str] = []
+    root = Path(book_dir) / f"{toc_pages(book_dir)[0]}.md"
+    record = Path(book_dir) / "generated" / RUN_RECORD_MD
+    if root.exists() and f"generated/{RUN_RECORD_MD}" in root.read_text() and not record.exists():
+        problems.append(f"generated/{RUN_RECORD_MD}: no run record (run `python -m iavutils.publish.book run`)")
     for page in toc_pages(book_dir):
         base = Path(book_dir) / page
         if base.with_suffix(".md").exists():
@@ -324,6 +329,100 @@ def build_book(book_dir: Path = BOOK_DIR, strict: bool = True) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# run record: which run produced the pages (book/intro.md includes generated/run_record.md)
+
+RUN_RECORD_JSON = "run_record.json"
+RUN_RECORD_MD = "run_record.md"
+
+
+def machine_description() -> dict[str, str]:
+    """The machine a run executes on: CPU model and cores, GPU (``"none"`` without CUDA)."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = "none"
+    try:
+        import torch  # the kernels have gone; only the run record needs it here
+
+        if torch.cuda.is_available():
+            gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    except Exception:  # no torch or a broken driver: the record says no GPU was seen
+        pass
+    return {"cpu": f"{cpu} ({os.cpu_count()} cores)", "gpu": gpu}
+
+
+def write_run_record(book_dir: Path, results: Sequence[Any], parameters: dict[str, Any],
+                     machine: dict[str, str] | None = None, now: str | None = None) -> dict[str, Any]:
+    """Record which run produced the pages: ``generated/run_record.json`` and ``.md``.
+
+    A rerun of some notebooks (``--only``) keeps the other notebooks' entries, so the record
+    names every run the pages come from.
+
+    Args:
+        book_dir: The book source directory.
+        results: The runner's :class:`~iavutils.publish.runner.NotebookResult` list.
+        parameters: The run's parameters.
+        machine: :func:`machine_description` (computed when ``None``).
+        now: The date (UTC, ISO; now when ``None``).
+
+    Returns:
+        The record.
+    """
+    from datetime import datetime, timezone
+
+    from .notebook_files import atomic_write_text
+
+    out = Path(book_dir) / "generated"
+    now = now or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine or machine_description()
+    params = {k: v for k, v in parameters.items() if k != "run_dir"}
+    run = {"date": now, "presets": str(parameters.get("model", "")).split(","), "parameters": params,
+           "machine": machine}
+    try:
+        notebooks = json.loads((out / RUN_RECORD_JSON).read_text()).get("notebooks", {})
+    except (OSError, ValueError):
+        notebooks = {}
+    notebooks.update({r.name: {**run, "ok": r.ok} for r in results})
+    record = {**run, "notebooks": dict(sorted(notebooks.items()))}
+    atomic_write_text(out / RUN_RECORD_JSON, json.dumps(record, indent=2))
+    atomic_write_text(out / RUN_RECORD_MD, run_record_markdown(record))
+    return record
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    params = ", ".join(f"`{k}={v}`" for k, v in run["parameters"].items() if k != "model") or "the defaults"
+    gpu = run["machine"]["gpu"]
+    where = f"GPU {gpu}" if gpu != "none" else "CPU only (no GPU)"
+    if all(p.startswith("tiny-") for p in run["presets"]):
+        what = "the embedded tiny models"
+    elif set(run["presets"]) <= set(PRESET_GROUPS["real"]):
+        what = "the paper's ViT-B/16 checkpoints"
+    else:
+        what = "tiny and hub models"
+    return (f"{run['date']}, presets {', '.join(f'`{p}`' for p in run['presets'])} ({what}), "
+            f"on {where}, {run['machine']['cpu']}; parameters {params}")
+
+
+def run_record_markdown(record: dict[str, Any]) -> str:
+    """The intro's statement of which run produced the pages (markdown)."""
+    runs: dict[str, list[str]] = {}
+    for name, nb in record["notebooks"].items():
+        runs.setdefault(_run_line(nb), []).append(name)
+    if len(runs) == 1:
+        return f"**The pages of this book were produced by one run:** {next(iter(runs))}.\n"
+    lines = ["**The pages of this book come from several runs:**", ""]
+    lines += [f"- {line}: {', '.join(f'`{n}`' for n in names)}" for line, names in runs.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -375,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_notebooks(notebooks, params, args.book_dir, progress=not args.no_progress,
                                 kernel_timeout=args.cell_timeout,
                                 budget_s=TINY_BUDGET_S if tiny_full_run else 0)
+        write_run_record(args.book_dir, results, params)
         failed = [r.name for r in results if not r.ok]
         if failed:
             print(f"FAILED notebooks: {', '.join(failed)}", file=sys.stderr, flush=True)

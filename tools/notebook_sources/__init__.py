@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import nbformat
 
-from . import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11
+from . import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11, ch12
 
 __all__ = ["BUILDERS", "build"]
 
 #: ``{notebook name: builder}`` in book order.
 BUILDERS: dict[str, Callable[[], nbformat.NotebookNode]] = {
-    m.NAME: m.build for m in (ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11)
+    m.NAME: m.build for m in (ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11, ch12)
 }
 
 
