@@ -34,7 +34,7 @@ from iavutils.analysis import robustness as ch01
 from iavutils.analysis import runs
 from iavutils.analysis.study import Study
 from iavutils.core.spec import AnalysisSpec
-from iavutils.publish import plots
+from iavutils.publish import figures_dynamics, plots
 from iavutils.world.models import build_model
 
 PRESETS = ("tiny-dino", "tiny-sup")
@@ -228,10 +228,21 @@ def test_sections_and_figures(run_dir: Path) -> None:
     last = dyn[dyn["epoch"] == EPOCHS - 1]
     assert (last["phi_distance"].abs() < 1e-9).all() and (last["attention_distance"].abs() < 1e-9).all()
     assert (dyn[dyn["epoch"] == 0]["attention_distance"] > 0).all()
+    assert (last["attention_distance_per_head"].abs() < 1e-9).all()
+    assert list(dyn[dyn["model"] == "tiny-dino"]["stage"]) == ["before finetuning", "finetuned", "finetuned"]
     plots.training_dynamics(dyn)
+    figures_dynamics.training_dynamics(dyn)
+    summary = ch02.dynamics_summary(dyn)
+    assert list(summary["epochs"]) == ["1 → 2"] * 2
+    assert ch02.dynamics_reading(summary).startswith("*SmoothGrad*")
+    assert "not found" in ch02.learning_rate_sentence(study)  # the fake run's config.json has no lr
 
+    # Issue 11: a stride of 2 used to analyse epochs 0 and 2 only; the first finetuned epoch (the
+    # reference of every change) is now always analysed.
     ent = ch04.entropy_over_epochs(study, stride=2)
-    assert set(ent["epoch"]) == {0, 2} and ((ent["entropy"] >= 0) & (ent["entropy"] <= torch.log(torch.tensor(64.0)).item() + 1e-6)).all()
+    assert list(ch04.entropy_change(ent)["epochs"]) == ["1 → 2"] * 2
+    figures_dynamics.head_profiles_over_finetuning(ent, value="entropy", ylabel="entropy (nats)")
+    assert set(ent["epoch"]) == {0, 1, 2} and ((ent["entropy"] >= 0) & (ent["entropy"] <= torch.log(torch.tensor(64.0)).item() + 1e-6)).all()
     plots.head_profiles(ent, value="entropy", ylabel="entropy (nats)")
     box = ch04.last_layer_entropy(study)
     assert set(box["layer"]) == {6} and len(box) == 2 * 4 * 6
@@ -250,6 +261,10 @@ def test_sections_and_figures(run_dir: Path) -> None:
     # AAV maps are the same for every model, so is their uniform-attention score.
     assert ub[ub["score"] == "AAV (mask)"].groupby("epoch")["baseline"].nunique().eq(1).all()
     plots.head_profiles(glob, row="score", ylabel="global score", ylim=(0, 1), baselines=ub)
+    table = ch05.later_layers_table(glob, ub)
+    assert table.loc[("AAV (tiny-dino)", "tiny-dino"), "role"] == ch05.SELF_REFERENCE
+    assert any("tiny-dino is the AAV reference" in t for t in ch05.contrast_sentences(table))
+    figures_dynamics.head_profiles_over_finetuning(glob, row="score", baselines=ub, self_reference=ch05.SELF_REFERENCE)
     plots.global_iav_heatmaps(glob)
 
     hs = ch06.head_scores(study)

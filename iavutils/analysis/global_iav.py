@@ -8,6 +8,11 @@ A definition that the paper leaves open (it is repeated in the notebook):
 * **global-AAV** (Fig. 7b): the IA-Score with the last checkpoint's SmoothGrad of the reference
   model (the paper uses DINO; our default is the DINO-like preset of the run), computed on the
   same images; the embedded dataset also gives the AAV with the ground-truth object mask.
+* **The reference model's own AAV** is its attention scored against its own SmoothGrad (at the
+  last epoch exactly its IAV), so it is left out of every pretraining contrast of that AAV and
+  shown apart, labelled (:data:`SELF_REFERENCE`).
+* **Change over finetuning** starts at the first finetuned epoch, never at epoch 0 (the
+  pretrained backbone with a random head; :mod:`iavutils.analysis.dynamics`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,17 @@ import torch
 from torch import Tensor
 
 from .checkpoints import _preset_order, _presets_module, pretraining
-from .iavs import _head_rows, analyses, checkpoint_analysis
+from .dynamics import BEFORE_COLUMN, analyses_from_reference, change_over_finetuning
+from .iavs import _head_rows, checkpoint_analysis
 from .images import has_masks, warn_no_masks
 from .study import Study
 
-__all__ = ["pretraining_contrast", "default_aav_reference", "global_scores_over_epochs", "uniform_baselines"]
+__all__ = ["pretraining_contrast", "default_aav_reference", "global_scores_over_epochs", "uniform_baselines",
+           "SELF_REFERENCE", "is_self_reference", "later_layers_table", "contrast_sentences", "uniform_reading",
+           "uniform_table"]
+
+#: The label of the AAV reference model's own AAV (its attention against its own SmoothGrad).
+SELF_REFERENCE = "AAV reference: scored against its own SmoothGrad (= its IAV at the last epoch); not in the contrast"
 
 
 def pretraining_contrast(
@@ -95,7 +106,7 @@ def _aav_maps(
         ``aav_maps`` holds ``"AAV (<ref>)"`` (the reference's last-checkpoint SmoothGrad), when
         there is a reference, and ``"AAV (mask)"``, when the dataset has masks; pixel maps ``[N,H,W]``.
     """
-    runs = analyses(study, stride, desc)
+    runs = analyses_from_reference(study, stride, desc)
     if aav_reference == "auto":
         aav_reference = default_aav_reference(list(study.presets))
     ref_phi = None
@@ -128,7 +139,7 @@ def global_scores_over_epochs(
     Args:
         study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
             shows a bar over the checkpoints.
-        stride: Every ``stride``-th checkpoint epoch (the last always).
+        stride: Every ``stride``-th checkpoint epoch (the last and the first finetuned always).
         aav_reference: A preset, ``"auto"`` (:func:`default_aav_reference`) or ``None``/``""``
             (no model-based AAV).
 
@@ -180,3 +191,81 @@ def uniform_baselines(
             cos = phi.sum(1) / (phi.norm(dim=1) * phi.shape[1] ** 0.5)
             rows.append({"model": p, "epoch": e, "score": name, "baseline": float(torch.nanmean(cos))})
     return pd.DataFrame(rows)
+
+
+def uniform_table(uniform: pd.DataFrame) -> pd.DataFrame:
+    """:func:`uniform_baselines` as a ``(score, model) × epoch`` table, epoch 0 labelled "before finetuning"."""
+    t = uniform.pivot_table(index=["score", "model"], columns="epoch", values="baseline", sort=False)
+    t = t[sorted(t.columns)]
+    t.columns = [BEFORE_COLUMN if e == 0 else f"epoch {e}" for e in t.columns]
+    return t
+
+
+def is_self_reference(score: str, model: str) -> bool:
+    """Whether ``score`` is the AAV with ``model``'s own SmoothGrad (``"AAV (<model>)"``)."""
+    return score == f"AAV ({model})"
+
+
+def later_layers_table(scores: pd.DataFrame, uniform: pd.DataFrame) -> pd.DataFrame:
+    """Mean global score of the later half of the layers per score and model, over finetuning.
+
+    Args:
+        scores: :func:`global_scores_over_epochs` frame.
+        uniform: :func:`uniform_baselines` frame (its last epoch per score and model is used).
+
+    Returns:
+        Indexed by ``(score, model)``: ``pretraining``, ``role`` (:data:`SELF_REFERENCE` for the
+        reference model's own AAV, else empty), then the columns of
+        :func:`iavutils.analysis.dynamics.change_over_finetuning` (epoch 0 labelled, change from
+        the first finetuned epoch) and ``above uniform`` (last epoch − the uniform-attention score).
+    """
+    late = scores[scores["layer"] > scores["layer"].max() / 2]
+    table = change_over_finetuning(late, "value", ("score", "model")).set_index(["score", "model"])
+    last_uniform = uniform.loc[uniform.groupby(["score", "model"])["epoch"].idxmax()].set_index(["score", "model"])
+    table["above uniform"] = table["last epoch"] - last_uniform["baseline"].reindex(table.index)
+    table.insert(0, "role", [SELF_REFERENCE if is_self_reference(s, m) else "" for s, m in table.index])
+    table.insert(0, "pretraining", [pretraining(m) for _, m in table.index])
+    return table
+
+
+_CONTRASTS = (("last epoch", "last epoch"), ("change", "change from the first finetuned epoch"),
+              ("above uniform", "last epoch minus the uniform-attention score"))
+
+
+def contrast_sentences(table: pd.DataFrame, expect: str = "self-supervised higher") -> list[str]:
+    """:func:`pretraining_contrast` for every score and column of :func:`later_layers_table`.
+
+    The reference model's own AAV is left out of its score's contrasts (one sentence says so).
+
+    Returns:
+        Markdown sentences, in the order of the table's scores.
+    """
+    out = []
+    for score in dict.fromkeys(table.index.get_level_values("score")):
+        sub = table.loc[score]
+        own = [m for m in sub.index if is_self_reference(score, m)]
+        kept = sub.drop(index=own)
+        for col, what in _CONTRASTS:
+            if col in kept:
+                out.append(pretraining_contrast(kept[col].to_dict(), expect, f"{score}, later layers, {what}"))
+        out += [f"*{score}*: {m} is the AAV reference and is left out of these contrasts "
+                f"(its own AAV, last epoch {sub.loc[m, 'last epoch']:.3f}, is its IAV)." for m in own]
+    return out
+
+
+def uniform_reading(table: pd.DataFrame, score: str = "IAV") -> str:
+    """Each model's later-layer score at the last epoch against the score of uniform attention on the same maps.
+
+    Returns:
+        A Markdown sentence from :func:`later_layers_table`'s ``last epoch`` and ``above uniform``.
+    """
+    if score not in table.index.get_level_values("score"):
+        return f"No {score} in this run."
+    sub = table.loc[score]
+    parts = []
+    for m, row in sub.iterrows():
+        d = row["above uniform"]
+        side = "above" if d > 0 else "below" if d < 0 else "at"
+        parts.append(f"{m} {row['last epoch']:.3f} ({d:+.3f}, {side} uniform)")
+    return (f"*{score}*, later layers, last epoch, and its margin over a head with uniform attention on the "
+            f"same maps: {'; '.join(parts)}. A margin near 0 means the heads score no better than attending everywhere.")

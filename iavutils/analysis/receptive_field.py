@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .checkpoints import _presets_module
+from .checkpoints import _presets_module, with_pretraining
+from .dynamics import analyses_from_reference, change_over_finetuning
 from .iavs import _head_rows, analyses
 from .study import Study
 
-__all__ = ["entropy_over_epochs", "max_entropy", "last_layer_entropy"]
+__all__ = ["entropy_over_epochs", "entropy_change", "max_entropy", "entropy_ceiling_sentence",
+           "entropy_change_reading", "last_layer_entropy"]
 
 
 def entropy_over_epochs(study: Study, *, stride: int = 1) -> pd.DataFrame:
@@ -26,15 +28,15 @@ def entropy_over_epochs(study: Study, *, stride: int = 1) -> pd.DataFrame:
     Args:
         study: What is analysed (:class:`~iavutils.analysis.study.Study`); its spec's ``progress``
             shows a bar over the checkpoints.
-        stride: Every ``stride``-th checkpoint epoch (the last always).
+        stride: Every ``stride``-th checkpoint epoch (the last and the first finetuned always).
 
     Returns:
         Columns ``model, epoch, layer (1-based), head, rank (position after sorting the layer's
-        heads by decreasing entropy), entropy``.
+        heads by decreasing entropy), entropy``; epoch 0 is the model before finetuning.
     """
     from ..core.scores import attention_entropy
 
-    runs = analyses(study, stride, "Fig. 6 maps")
+    runs = analyses_from_reference(study, stride, "Fig. 6 maps")
     rows = []
     for p, by_epoch in runs.items():
         for e, r in sorted(by_epoch.items()):
@@ -43,10 +45,43 @@ def entropy_over_epochs(study: Study, *, stride: int = 1) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def entropy_change(entropy: pd.DataFrame) -> pd.DataFrame:
+    """Mean entropy over the heads per model: first finetuned epoch, last epoch, change (Fig. 6a's claim).
+
+    Args:
+        entropy: :func:`entropy_over_epochs` frame.
+
+    Returns:
+        :func:`iavutils.analysis.dynamics.change_over_finetuning` per model, with ``pretraining``;
+        epoch 0 only in its labelled "before finetuning" column.
+    """
+    return with_pretraining(change_over_finetuning(entropy, "entropy", ("model",)))
+
+
+def entropy_change_reading(trend: pd.DataFrame) -> str:
+    """Which models' mean entropy rose and which fell from the first finetuned epoch (from :func:`entropy_change`)."""
+    up = [f"{m} ({c:+.3f})" for m, c in zip(trend["model"], trend["change"]) if c > 0]
+    down = [f"{m} ({c:+.3f})" for m, c in zip(trend["model"], trend["change"]) if c < 0]
+    flat = [m for m, c in zip(trend["model"], trend["change"]) if c == 0]
+    parts = [f"rose for {', '.join(up)}" if up else "rose for no model",
+             f"fell for {', '.join(down)}" if down else "fell for no model"]
+    if flat:
+        parts.append(f"did not change for {', '.join(flat)}")
+    return ("In this run the mean entropy from the first finetuned epoch to the last "
+            + "; ".join(parts) + " (nats; the paper: up for supervised, down for self-supervised models).")
+
+
 def max_entropy(preset: str) -> float:
     """``log P`` (nats): the entropy of uniform attention over the preset's ``P`` patches."""
     gh, gw = _presets_module().PRESETS[preset].grid
     return float(np.log(gh * gw))
+
+
+def entropy_ceiling_sentence(preset: str) -> str:
+    """The number of patches ``P`` of the preset and the entropy ceiling ``log P`` it gives."""
+    gh, gw = _presets_module().PRESETS[preset].grid
+    return (f"{preset} keeps {gh * gw} patches per image ({gh}×{gw}), so $\\log P = \\log {gh * gw} "
+            f"\\approx {max_entropy(preset):.2f}$ nats is the ceiling (uniform attention).")
 
 
 def last_layer_entropy(study: Study, *, layer: int = -1) -> pd.DataFrame:
