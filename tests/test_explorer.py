@@ -151,3 +151,36 @@ def test_explorer_smoothgrad_is_chapter_05s_for_the_same_image(tmp_path) -> None
                                    equal_nan=True)
     # ...and the two images' noise differs (no shared generator): their maps are not the same.
     assert not np.allclose(maps[0].smoothgrad, maps[1].smoothgrad)
+
+
+def test_summary_figure_shares_scales_with_bars_and_entropy() -> None:
+    """SmoothGrad panels share one colour scale, best-head attention panels another, each with a
+    colour bar; a near-uniform head comes out flat against the common scale."""
+    import matplotlib.pyplot as plt
+
+    from iavutils.publish.style import map_entropy
+
+    flat, peaked = _maps(preset="flat"), _maps(preset="peaked")
+    flat.cls_attn = 1.0 + 1e-3 * np.random.default_rng(1).random(flat.cls_attn.shape)
+    peaked.cls_attn = np.random.default_rng(2).random(peaked.cls_attn.shape) ** 8
+    peaked.smoothgrad = peaked.smoothgrad * 100  # another gradient scale: same colours per unit of mean
+    fig = explorer.summary_figure([flat, peaked])
+    try:
+        bars = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+        assert sum("uniform" in ax.get_ylabel() for ax in bars) == 2
+        rows = [ax for ax in fig.axes if ax not in bars]
+        sg = [rows[4 * i + 1].get_images()[1] for i in range(2)]
+        att = [rows[4 * i + 2].get_images()[1] for i in range(2)]
+        assert len({im.get_clim() for im in sg}) == 1 and len({im.get_clim() for im in att}) == 1
+        vmin, vmax = att[0].get_clim()
+        assert vmin == 0 and vmax > 1
+        a = att[0].get_array()
+        assert (a.max() - a.min()) / (vmax - vmin) < 0.01
+        b = att[1].get_array()
+        assert (b.max() - b.min()) / (vmax - vmin) > 0.3
+        for ax, m in zip((rows[2], rows[6]), (flat, peaked)):
+            s = np.where(np.isfinite(m.scores), m.scores, -np.inf)
+            bl, bh = np.unravel_index(int(np.argmax(s)), s.shape)
+            assert ax.get_title().endswith(f"entropy {map_entropy(m.cls_attn[bl, bh]):.2f}")
+    finally:
+        plt.close(fig)

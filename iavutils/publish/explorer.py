@@ -200,6 +200,10 @@ def summary_figure(all_maps: Sequence[HeadMaps]) -> Any:
     """A static overview (for print and for readers without JavaScript): per model and image,
     the image, its SmoothGrad, its IAV and the attention of its highest-scoring head.
 
+    The attention panels share one colour scale and the SmoothGrad panels another (maps in
+    "× uniform" units, :func:`~iavutils.publish.style.relative_to_uniform`), each with a colour
+    bar, so that a near-uniform head looks flat; the head's title carries its entropy.
+
     Args:
         all_maps: the maps to show, one row each.
 
@@ -208,10 +212,20 @@ def summary_figure(all_maps: Sequence[HeadMaps]) -> Any:
     """
     import matplotlib.pyplot as plt
 
+    from .style import SCALE_LABEL, common_scale, map_entropy, relative_to_uniform, scale_colorbar
+
     n = len(all_maps)
-    fig, axes = plt.subplots(n, 4, figsize=(8.4, 2.1 * n), squeeze=False,
+    best = []
+    for m in all_maps:
+        finite = np.where(np.isfinite(m.scores), m.scores, -np.inf)
+        best.append(np.unravel_index(int(np.argmax(finite)), finite.shape))
+    sgs = [relative_to_uniform(m.smoothgrad) for m in all_maps]
+    atts = [_upsample(relative_to_uniform(m.cls_attn[bl, bh]), m.image.shape[:2]) for m, (bl, bh) in zip(all_maps, best)]
+    s_lo, s_hi = common_scale(sgs)
+    a_lo, a_hi = common_scale(atts)
+    fig, axes = plt.subplots(n, 4, figsize=(10.4, 2.1 * n + 0.3), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1, 1, 1.3]})
-    for row, m in zip(axes, all_maps):
+    for row, m, sg, att, (bl, bh) in zip(axes, all_maps, sgs, atts, best):
         for ax in row:
             ax.grid(False)
         gray = m.image.mean(axis=-1)
@@ -219,15 +233,12 @@ def summary_figure(all_maps: Sequence[HeadMaps]) -> Any:
         row[0].set_title(f"{m.preset} · image {m.image_index}\nlabel {m.class_name(m.label)}, "
                          f"predicted {m.class_name(m.prediction)}", fontsize=8)
         row[1].imshow(gray, cmap="gray", vmin=0, vmax=1)
-        row[1].imshow(_normalise(m.smoothgrad), cmap="inferno", alpha=0.6)
+        sg_im = row[1].imshow(sg, cmap="inferno", alpha=0.6, vmin=s_lo, vmax=s_hi)
         row[1].set_title(f"SmoothGrad ({m.class_name(m.target)})", fontsize=8)
-        finite = np.where(np.isfinite(m.scores), m.scores, -np.inf)
-        bl, bh = np.unravel_index(int(np.argmax(finite)), finite.shape)
         row[2].imshow(gray, cmap="gray", vmin=0, vmax=1)
-        row[2].imshow(_normalise(_upsample(m.cls_attn[bl, bh], m.image.shape[:2])), cmap="inferno",
-                      alpha=0.6)
-        row[2].set_title(f"best head: layer {bl + 1}, head {bh}\nIA-Score {_score_text(m.scores[bl, bh])}",
-                         fontsize=8)
+        att_im = row[2].imshow(att, cmap="inferno", alpha=0.6, vmin=a_lo, vmax=a_hi)
+        row[2].set_title(f"best head: layer {bl + 1}, head {bh}\nIA-Score {_score_text(m.scores[bl, bh])}, "
+                         f"entropy {map_entropy(m.cls_attn[bl, bh]):.2f}", fontsize=8)
         for ax in row[:3]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -239,7 +250,12 @@ def summary_figure(all_maps: Sequence[HeadMaps]) -> Any:
         row[3].set_title("IAV (IA-Score per head)", fontsize=8)
         row[3].tick_params(labelsize=7)
         fig.colorbar(im, ax=row[3], fraction=0.08)
+    fig.suptitle(f"SmoothGrad panels share one colour scale, attention panels another (per figure), in {SCALE_LABEL}; "
+                 "entropy in nats (uniform = log P)", fontsize=8)
     fig.tight_layout()
+    fig.subplots_adjust(right=0.8)
+    scale_colorbar(fig, sg_im, "SmoothGrad, × uniform", rect=(0.84, 0.15, 0.01, 0.7))
+    scale_colorbar(fig, att_im, "attention, × uniform", rect=(0.92, 0.15, 0.01, 0.7))
     return fig
 
 

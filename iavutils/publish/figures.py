@@ -19,7 +19,18 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from ..core.metrics import LOCALIZATION_METRICS
-from .style import HIGH_COLOR, LOW_COLOR, model_color, model_label, model_palette
+from .style import (
+    HIGH_COLOR,
+    LOW_COLOR,
+    SCALE_LABEL,
+    common_scale,
+    map_entropy,
+    model_color,
+    model_label,
+    model_palette,
+    relative_to_uniform,
+    scale_colorbar,
+)
 
 __all__ = [
     "ablation_scatter",
@@ -131,9 +142,13 @@ def explanation_grid(
     n_examples: int,
     spec: Any = None,
 ) -> Figure:
-    """The maps side by side: per image and model a row, per method a column (min-max per map).
+    """The maps side by side: per image and model a row, per method a column, on one colour scale.
 
-    The first columns are the image and, where the dataset has one, its object mask.
+    The first columns are the image and, where the dataset has one, its object mask. Each map
+    is shown in "× uniform" units (:func:`~iavutils.publish.style.relative_to_uniform`, negative
+    parts clipped), all maps of the figure share one colour scale (0 to the 99.5th percentile of
+    all their pixels, brighter pixels saturate) with a colour bar, and each panel's title holds
+    the map's entropy (nats, of the map at its own resolution normalised to sum 1).
 
     Args:
         results: ``{model: run_explanation_eval(...)}`` (their ``map.{method}``).
@@ -155,8 +170,12 @@ def explanation_grid(
     show = list(range(min(n_examples, imgs["x"].shape[0])))
     masks = ["mask"] if "mask" in imgs else []  # no mask column for a dataset without masks
     cols = ["image"] + masks + list(order)
+    H, W = imgs["x"].shape[-2:]
+    maps = {(b, p, m): relative_to_uniform(to_pixel_maps(results[p][f"map.{m}"][b:b + 1], (H, W), PRESETS[p].grid)[0])
+            for b in show for p in models for m in order}
+    lo, hi = common_scale(list(maps.values()), quantile=99.5)
     fig, axes = plt.subplots(len(show) * len(models), len(cols), squeeze=False,
-                             figsize=(1.15 * len(cols), 1.2 * len(show) * len(models) + 0.5))
+                             figsize=(1.15 * len(cols) + 0.8, 1.3 * len(show) * len(models) + 0.7))
     for i, b in enumerate(show):
         for j, p in enumerate(models):
             row = axes[i * len(models) + j]
@@ -164,15 +183,19 @@ def explanation_grid(
             row[0].set_ylabel(model_label(p).split(" ")[0], color=model_color(p), fontsize="x-small")
             if "mask" in imgs:
                 row[1].imshow(imgs["mask"][b], cmap="gray", vmin=0, vmax=1)
-            H, W = imgs["x"].shape[-2:]
             for k, m in enumerate(order):
-                up = to_pixel_maps(results[p][f"map.{m}"][b:b + 1], (H, W), PRESETS[p].grid)[0]
-                row[1 + len(masks) + k].imshow((up - up.min()) / (up.max() - up.min() + 1e-12), cmap="inferno")
-    for ax, c in zip(axes[0], cols):
+                ax = row[1 + len(masks) + k]
+                im = ax.imshow(maps[b, p, m], cmap="inferno", vmin=lo, vmax=hi)
+                head = m.replace("_", " ") + "\n" if i == 0 and j == 0 else ""
+                ax.set_title(f"{head}H={map_entropy(results[p][f'map.{m}'][b]):.2f}", fontsize="xx-small")
+    for ax, c in zip(axes[0], cols[:1 + len(masks)]):
         ax.set_title(c.replace("_", " "), fontsize="x-small")
     for ax in axes.flat:
         ax.set_xticks([]); ax.set_yticks([])
+    fig.suptitle("one colour scale for the figure; H = entropy (nats)", fontsize="x-small")
     fig.tight_layout(pad=0.2)
+    fig.subplots_adjust(right=0.86)
+    scale_colorbar(fig, im, SCALE_LABEL + ", brighter saturate", rect=(0.9, 0.15, 0.02, 0.7))
     return fig
 
 

@@ -32,6 +32,11 @@ from .style import (  # the colours and labels, importable from here as before
     model_color,
     model_label,
     model_palette,
+    SCALE_LABEL,
+    common_scale,
+    map_entropy,
+    relative_to_uniform,
+    scale_colorbar,
     setup,
 )
 
@@ -399,13 +404,20 @@ def example_maps(examples: Sequence[dict[str, Any]], layers: Sequence[int] | Non
     """Fig. 2: for one image, each model's SmoothGrad, every head's CLS attention and the IAV.
 
     Rows: models. Columns: image, SmoothGrad ``φ``, the attention map of each head of the chosen
-    layers (titled with its IA-Score) and the image's IAV heat-map ``[L,H]``.
+    layers (titled with its IA-Score ``s`` and entropy ``H`` in nats) and the image's IAV
+    heat-map ``[L,H]``. Maps are in "× uniform" units (:func:`~iavutils.publish.style.relative_to_uniform`):
+    all attention panels share one colour scale (per figure) and all SmoothGrad panels another,
+    each with its colour bar, so a near-uniform head looks flat.
     """
     ex0 = examples[0]
     L, H = ex0["cls_attn"].shape[:2]
     layers = list(layers) if layers else sorted({1, (L + 1) // 2, L})
     ncol = 2 + len(layers) * H + 1
-    fig, axes = plt.subplots(len(examples), ncol, figsize=(1.25 * ncol, 1.45 * len(examples) + 0.4), squeeze=False,
+    attn = [[relative_to_uniform(ex["cls_attn"][l - 1, h]) for l in layers for h in range(H)] for ex in examples]
+    sgs = [relative_to_uniform(ex["smoothgrad"]) for ex in examples]
+    a_lo, a_hi = common_scale([m for row in attn for m in row])
+    s_lo, s_hi = common_scale(sgs)
+    fig, axes = plt.subplots(len(examples), ncol, figsize=(1.25 * ncol + 1.2, 1.45 * len(examples) + 0.7), squeeze=False,
                              gridspec_kw={"width_ratios": [1] * (ncol - 1) + [1.6]})
     for i, ex in enumerate(examples):
         p = ex["preset"]
@@ -415,15 +427,14 @@ def example_maps(examples: Sequence[dict[str, Any]], layers: Sequence[int] | Non
         row[0].set_ylabel(model_label(p), color=model_color(p), fontsize="x-small")
         if i == 0:
             row[0].set_title(f"image ({name})", fontsize="x-small")
-            row[1].set_title("SmoothGrad φ", fontsize="x-small")
-        row[1].imshow(ex["smoothgrad"], cmap="inferno")
+        sg_im = row[1].imshow(sgs[i], cmap="inferno", vmin=s_lo, vmax=s_hi)
+        row[1].set_title(f"SmoothGrad φ\nH={map_entropy(ex['smoothgrad']):.2f}", fontsize="xx-small")
         k = 2
-        for l in layers:
-            for h in range(H):
-                ax = row[k]
-                ax.imshow(ex["cls_attn"][l - 1, h], cmap="viridis", interpolation="nearest")
-                ax.set_title(f"L{l}h{h}\ns={ex['iav'][l - 1, h]:.2f}", fontsize="xx-small")
-                k += 1
+        for j, (l, h) in enumerate((l, h) for l in layers for h in range(H)):
+            ax = row[k + j]
+            att_im = ax.imshow(attn[i][j], cmap="viridis", interpolation="nearest", vmin=a_lo, vmax=a_hi)
+            ax.set_title(f"L{l}h{h}\ns={ex['iav'][l - 1, h]:.2f} H={map_entropy(ex['cls_attn'][l - 1, h]):.2f}",
+                         fontsize="xx-small")
         ax = row[-1]
         sns.heatmap(ex["iav"], ax=ax, vmin=0, vmax=1, cmap="viridis", cbar=i == 0, cbar_kws={"label": "IA-Score"},
                     xticklabels=True, yticklabels=[f"L{l + 1}" for l in range(L)])
@@ -434,5 +445,10 @@ def example_maps(examples: Sequence[dict[str, Any]], layers: Sequence[int] | Non
         for ax in row[:-1]:
             ax.set_xticks([])
             ax.set_yticks([])
+    fig.suptitle(f"attention: one colour scale for the figure; SmoothGrad: one for its column; maps in {SCALE_LABEL}; "
+                 "s = IA-Score, H = entropy (nats, uniform = log P)", fontsize="x-small")
     fig.tight_layout()
+    fig.subplots_adjust(right=0.84)
+    scale_colorbar(fig, att_im, "attention, × uniform", rect=(0.87, 0.15, 0.008, 0.7))
+    scale_colorbar(fig, sg_im, "SmoothGrad, × uniform", rect=(0.935, 0.15, 0.008, 0.7))
     return fig
