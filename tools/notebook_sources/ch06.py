@@ -24,8 +24,24 @@ conjecture: *agreement with the attribution is a property of the head, not of th
 some heads are "enthusiastic", others "apathetic" about the input region.
 '''),
         parameters(),
-        setup("06_head_roles", "checkpoints, global_iav, head_roles"),
+        setup("06_head_roles", "checkpoints, gallery, global_iav, head_roles, images",
+              publish="plots, gallery_figure"),
         md(DEFINITIONS),
+        md('''
+**A gallery in the style of the paper's Fig. 1.** For the first images of the analysis set (the
+same images for every model), each model's SmoothGrad beside a few heads of its first, middle
+and last layer; the heads are evenly spaced over the layer, chosen without looking at their
+scores. All attention panels share one colour scale, in multiples of uniform attention
+(1 = uniform), so a head that attends almost uniformly is a flat panel however small its own
+range; the SmoothGrad column has its own common scale. Each title gives the head's IA-Score
+(IA) and the entropy of its attention (H, in nats; the figure's title gives the entropy of
+uniform attention, log P).
+'''),
+        code('''
+records = gallery.gallery_data(study)  # the cached analyses of the last checkpoints: nothing is recomputed
+fig = gallery_figure.gallery_figure(records, classes=images.class_names(dataset))
+plt.show()
+'''),
         code('''
 heads = head_roles.head_scores(study)
 uniform = global_iav.uniform_baselines(study)

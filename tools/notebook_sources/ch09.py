@@ -73,7 +73,11 @@ explorer
 ## Static overview
 
 For print and for readers without JavaScript: per model, the image, its SmoothGrad map, the
-attention of the head with the highest IA-Score, and the full IAV.
+attention of the head with the highest IA-Score (with its entropy), and the full IAV. Maps are
+shown in multiples of their own mean (1 = uniform); the SmoothGrad panels share one colour
+scale and the attention panels another, each with its colour bar, so a head that attends
+almost uniformly looks flat instead of being stretched to the full colour range. (The
+interactive explorer above still scales each head's map to its own range.)
 '''),
         code('''
 fig = summary_figure(maps)
