@@ -1,4 +1,6 @@
-"""Tables and verdicts of chapters 08, 10 and 11 on hand-made inputs: one test per verdict case.
+"""Tables and verdicts of chapters 08, 10 and 11 (and chapter 03's generated reading) on hand-made inputs.
+
+One test per verdict case; the rules themselves are also tested in ``test_verdict_rules.py``.
 
 The rules are those the notebooks applied before they moved into
 ``iavutils.analysis.explanation_report``, ``head_ablation`` and ``pretraining_types``.
@@ -13,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from iavutils.analysis import disturbance as ch03
 from iavutils.analysis import explanation_report as er
 from iavutils.analysis import head_ablation as ha
 from iavutils.analysis import pretraining_types as pt
@@ -255,3 +258,23 @@ def test_pretraining_labels_and_tables():
     assert df["global-IAV (layer mean)"].tolist() == pytest.approx([0.3, 0.6]) and set(df["layer"]) == {"layer 1"}
     acc = pt.per_model_accuracy({"global-IAV": _result(0.5, 1.0, 1.0, {"b": 1.0, "a": 0.0})}, ["a", "b"])
     assert acc["global-IAV"].tolist() == [0.0, 1.0]
+
+
+# --------------------------------------------------------------------------- chapter 03
+
+
+def test_masking_reading_takes_every_number_from_the_frame():
+    rows = []
+    for m, clean, at10 in (("tiny-a", 80.0, 30.0), ("tiny-b", 60.0, 55.0)):
+        for k, meth in enumerate(("attention", "attention-mean", "smoothgrad", "random")):
+            rows.append({"model": m, "method": meth, "ratio": 0.0, "accuracy": clean})
+            rows.append({"model": m, "method": meth, "ratio": 20.0, "accuracy": at10 - 10 - (k if m == "tiny-a" else 0)})
+            rows.append({"model": m, "method": meth, "ratio": 10.0, "accuracy": at10 - 2 * k})
+    text = ch03.masking_reading(pd.DataFrame(rows), 50)
+    assert text.startswith("At the smallest masking ratio (10 % of the patches black):")
+    assert "- **tiny-a**: 80.0 % clean → 24.0 % with the random ordering, 26.0–30.0 % with the others." in text
+    assert "- **tiny-b**: 60.0 % clean → 49.0 % with the random ordering" in text
+    # Mean over ratios 10 and 20: tiny-a 25.0 (attention) ... 20.5 (random): 4.5 points = 2 of 50 images;
+    # tiny-b 50.0 ... 47.0: 3.0 points.
+    assert "differ by at most 4.5 points (tiny-a), i.e. about 2 of the 50 images" in text
+    assert text.endswith("smallest spread: 3.0 points (tiny-b).")

@@ -21,7 +21,7 @@ from .iavs import analyses
 from .images import load_images
 from .study import Study
 
-__all__ = ["MASK_RATIOS", "MASK_METHODS", "masking_curves"]
+__all__ = ["MASK_RATIOS", "MASK_METHODS", "masking_curves", "masking_reading"]
 
 #: Masking ratios of Fig. 5 (0 = clean accuracy).
 MASK_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -88,3 +88,36 @@ def masking_curves(study: Study, *, ratios: Sequence[float] = MASK_RATIOS) -> pd
             for f, a in zip(res["fractions"].tolist(), res[m].tolist()):
                 rows.append({"model": p, "method": m, "ratio": round(100 * f, 3), "accuracy": 100 * a})
     return pd.DataFrame(rows)
+
+
+def masking_reading(masking: pd.DataFrame, n_images: int) -> str:
+    """What the curves show at the smallest masking ratio, in Markdown, every number from ``masking``.
+
+    Per model: the clean accuracy, the accuracy with the random ordering and the range over the
+    other orderings at the smallest ratio > 0; then the largest gap between two orderings' mean
+    accuracies over all ratios > 0, also in images of ``n_images``.
+
+    Args:
+        masking: :func:`masking_curves`.
+        n_images: Images each accuracy is measured on (the spec's ``num_images``).
+
+    Returns:
+        Markdown text (one bullet per model, then one sentence).
+    """
+    masked = masking[masking["ratio"] > 0]
+    first = masked["ratio"].min()
+    lines = [f"At the smallest masking ratio ({first:g} % of the patches black):"]
+    for m, sub in masking.groupby("model", sort=False):
+        clean = sub[sub["ratio"] == 0]["accuracy"].mean()
+        at = sub[sub["ratio"] == first].set_index("method")["accuracy"]
+        rest = at.drop("random", errors="ignore")
+        span = f"{rest.min():.1f}" if f"{rest.min():.1f}" == f"{rest.max():.1f}" else f"{rest.min():.1f}–{rest.max():.1f}"
+        lines.append(f"- **{m}**: {clean:.1f} % clean → {at.get('random', float('nan')):.1f} % with the random "
+                     f"ordering, {span} % with the others.")
+    means = masked.pivot_table(index="model", columns="method", values="accuracy")
+    spread = means.max(axis=1) - means.min(axis=1)
+    hi, lo = spread.idxmax(), spread.idxmin()
+    lines.append(f"\nOver all ratios > 0, the orderings' mean accuracies differ by at most {spread[hi]:.1f} "
+                 f"points ({hi}), i.e. about {spread[hi] * n_images / 100:.0f} of the {n_images} images; "
+                 f"smallest spread: {spread[lo]:.1f} points ({lo}).")
+    return "\n".join(lines)
