@@ -124,6 +124,8 @@ def test_gmar_verdict_states_its_rule(verdicts, ending):
     text = er.gmar_verdict(_comparisons(verdicts), table, 1)
     assert er.GMAR_RULE in text and text.index(er.GMAR_RULE) < text.index("**Verdict")
     assert ending in text
+    if "cannot say" in ending:
+        assert f"{verdicts.count('no difference')} of the {len(verdicts)} intervals contain 0." in text
 
 
 def _sep(p: float, min_p: float) -> SeparabilityResult:

@@ -166,6 +166,6 @@ def gmar_verdict(cmp: Any, table: Any, n_models: int) -> str:
     elif counts.get("worse", 0) > n / 2:
         lines.append("**Verdict: on these models GMAR does not beat rollout — it is worse.**")
     else:
-        lines.append("**Verdict: on these models we cannot say that GMAR beats rollout**; most "
-                     "differences are within the noise of this many images.")
+        lines.append("**Verdict: on these models we cannot say that GMAR beats rollout**; "
+                     f"{counts.get('no difference', 0)} of the {n} intervals contain 0.")
     return " ".join(lines)

@@ -36,8 +36,8 @@ pixel maps):
 
 **Protocols** (Chefer et al., CVPR 2021). *Perturbation*: the top-$k$% pixels of the map,
 upsampled bilinearly to the input, are set to black in $[0,1]$ pixel space and the image is
-re-normalised; top-1 accuracy against the label for $k = 10\ldots90$; AUC = trapezoid over the
-removed fraction (clean accuracy at 0) $\times 100$, in $[0, 90]$. **Positive** removes the most
+re-normalised; top-1 accuracy against the label for the removed fractions set by `perturbation_steps`;
+AUC = trapezoid over the removed fraction (clean accuracy at 0) $\times 100$. **Positive** removes the most
 relevant pixels first: a faithful map makes accuracy collapse, **lower is better**.
 **Negative** removes the least relevant first: **higher is better**. Ties are broken by a
 seeded random permutation, so an all-equal map *is* the random baseline. *Patch masking*
@@ -132,8 +132,8 @@ display(cmp[["model", "method", "mode", "diff", "low", "high", "n_images", "verd
 display(Markdown(explanation_report.gmar_verdict(cmp, table, len(models))))
 '''),
         md(r'''
-What limits this comparison: $8\times8$ patch grids (GMAR's head weighting has only 4 heads
-per layer to choose from), `num_images` images (the intervals above show how much that
+What limits this comparison: the tiny presets' small patch grids and few heads per layer
+(GMAR's head weighting has little to choose from), `num_images` images (the intervals above show how much that
 allows), one checkpoint per model, and pixel perturbation favours pixel maps (SmoothGrad)
 over patch maps that are upsampled. Clean accuracy (the curves' value at 0) bounds every AUC
 from above: a weak classifier leaves little room between a good map and the random one. The

@@ -78,8 +78,11 @@ corr = head_ablation.correlation_table(heads, models)
 display(corr.round(3))
 '''),
         md(r'''
-Spearman's $\rho$ with scipy's two-sided p-value; heads of one model are not independent
-samples of anything larger, so read the p-values as descriptive. Within a layer the GMAR
+Spearman's $\rho$ with scipy's two-sided p-value and, for the logit drop against the IA-Score,
+a 95 % bootstrap interval over heads; the last columns are the one-sided Mann–Whitney p-values
+of the halves (upper half costs more, lower half costs more), which the verdict below reads.
+The sample is a model's heads (or all heads pooled): the tests say whether, among these heads,
+a lower IA-Score goes with a smaller drop, not what holds for the heads of other models. Within a layer the GMAR
 weights sum to 1, so across layers they compare shares, not absolute importance. "Halves"
 split each model's heads at the median of its global-IAV: the paper's 0.5 threshold can leave
 a model with no Low-IA head at all (cosines of two non-negative maps are rarely small), and the
@@ -105,13 +108,16 @@ figures.show(*figures.group_bars(groups_rel, "relative split: heads above vs at/
 '''),
         md(r'''
 ## So, does a low IA-Score mean a head does not matter?
+
+The answer follows a rule on the tests above, stated first; then the answer per model and for
+all heads pooled, each with the numbers it was read from.
 '''),
         code('''
 display(Markdown(head_ablation.ablation_verdict(corr, groups_rel, clean, models, label=plots.model_label)))
 '''),
         md(r'''
-Caveats: the tiny models have 4 heads per layer, so the groups are small and the
-controls few; a zero ablation can push activations off-distribution (try
+Caveats: a model with few heads per layer (the tiny presets) has small groups and few
+controls (see the bars above); a zero ablation can push activations off-distribution (try
 `-p ablation_mode mean`); accuracy drops are quantised by the number of images
 (`ablation_images`), the logit drop is not. The IA-Scores come from `num_images` images of the
 same seeded held-out order as the ablation images.

@@ -31,11 +31,12 @@ and a permutation test:
    *models* (never across checkpoints of one model — they are not independent). With few
    models every labelling is enumerated, so the p-value is exact.
 
-**What four models can show.** With 2 self-supervised and 2 supervised models there are
-$\binom42 = 6$ labellings, and a labelling and its swap give the same accuracy, so the smallest
-achievable p-value is $2/6 = 0.33$ **whatever the data**. The test below is therefore unable to
-reach significance on the four embedded presets by construction; it can still say whether a
-classifier trained on three models recognises the fourth. More *pretrained* models (not more
+**What few models can show.** With $k$ self-supervised among $n$ models there are
+$\binom nk$ labellings; with $k = n/2$ a labelling and its swap give the same accuracy, so the
+smallest achievable p-value is $2/\binom nk$ **whatever the data** (for two models of each type:
+$2/\binom42 = 1/3$). The verdict below prints this floor for the models of the run; where it is
+above the significance level, the test cannot reach significance by construction, and can
+still say whether a classifier trained on the other models recognises the held-out one. More *pretrained* models (not more
 checkpoints or finetuning seeds of the same four) are the only way to a small p-value.
 '''),
         raw_parameters('''
@@ -105,8 +106,8 @@ if results:
 **What the embedded models can and cannot show.** They can show whether the IAV trend
 *generalises* across models of the same pretraining type under a fixed, reproducible
 protocol, and whether it does better than the paper's own negative controls. They cannot
-make the claim significant: with four pretrained models (two per type) every group-level
-test has a floor of $p = 1/3$. Finetuning seeds or more checkpoints do not help, since they are
+make the claim significant with two pretrained models per type: every group-level test then
+has the floor above. Finetuning seeds or more checkpoints do not help, since they are
 not new pretrained models (use `unit="run"` to count each model once). To test the claim,
 pretrain more tiny models per type with different seeds (`python -m iavutils.world.pretrain`) and
 add them to the run as separate models, or run the real presets and add more public
