@@ -1,4 +1,4 @@
-"""Writes every notebook (00–11) from its source in ``tools/notebook_sources/``, outputs stripped.
+"""Writes every notebook (00–12) from its source in ``tools/notebook_sources/``, outputs stripped.
 
 Run from anywhere: ``python tools/make_notebooks.py``. Each notebook is a title cell, a
 ``parameters`` cell (papermill), a setup cell that builds the analysis spec, calls into the
