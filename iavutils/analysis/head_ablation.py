@@ -406,6 +406,7 @@ def _tests(c: Any) -> str:
 
 
 def _case(c: Any, alpha: float) -> str:
+    """:func:`verdict_case` on one row of :func:`correlation_table`."""
     return verdict_case(c["p (upper > lower)"], c["p (lower > upper)"], c["ρ 95% low"], c["ρ 95% high"], alpha)
 
 
