@@ -128,6 +128,7 @@ def _scores() -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_aav_reference_is_left_out_of_its_contrast_and_labelled() -> None:
     scores, uniform = _scores()
     table = global_iav.later_layers_table(scores, uniform)
+    assert list(table.index[:4]) == [("IAV", m) for m in ("tiny-mim", "tiny-dino", "tiny-sup", "tiny-sup21k")]
     assert table.loc[("AAV (tiny-dino)", "tiny-dino"), "role"] == global_iav.SELF_REFERENCE
     assert table.loc[("IAV", "tiny-dino"), "role"] == "" and table.loc[("AAV (tiny-dino)", "tiny-mim"), "role"] == ""
     assert table.loc[("IAV", "tiny-mim"), "change"] == pytest.approx(0.1)  # 0.6 - 0.5, not 0.6 - 0.1 (epoch 0)
@@ -172,7 +173,7 @@ def test_figures_show_epoch_0_apart() -> None:
                                                         self_reference=global_iav.SELF_REFERENCE)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend[0] == "epoch 0 (before finetuning)" and "epoch 1" in legend and "epoch 0" not in legend
-    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    texts = [" ".join(t.get_text().split()) for ax in fig.axes for t in ax.texts]
     assert texts == [global_iav.SELF_REFERENCE]  # only the reference's own AAV panel
     matplotlib.pyplot.close("all")
 

@@ -35,7 +35,7 @@ __all__ = ["pretraining_contrast", "default_aav_reference", "global_scores_over_
            "uniform_table"]
 
 #: The label of the AAV reference model's own AAV (its attention against its own SmoothGrad).
-SELF_REFERENCE = "AAV reference: scored against its own SmoothGrad (= its IAV at the last epoch); not in the contrast"
+SELF_REFERENCE = "AAV reference: its own SmoothGrad (AAV = IAV at the last epoch), left out of the contrast"
 
 
 def pretraining_contrast(
@@ -221,6 +221,9 @@ def later_layers_table(scores: pd.DataFrame, uniform: pd.DataFrame) -> pd.DataFr
     """
     late = scores[scores["layer"] > scores["layer"].max() / 2]
     table = change_over_finetuning(late, "value", ("score", "model")).set_index(["score", "model"])
+    order = {k: i for i, k in enumerate(dict.fromkeys(scores["score"]))}  # score-major, models in run order
+    models = {k: i for i, k in enumerate(dict.fromkeys(scores["model"]))}
+    table = table.loc[sorted(table.index, key=lambda sm: (order[sm[0]], models[sm[1]]))]
     last_uniform = uniform.loc[uniform.groupby(["score", "model"])["epoch"].idxmax()].set_index(["score", "model"])
     table["above uniform"] = table["last epoch"] - last_uniform["baseline"].reindex(table.index)
     table.insert(0, "role", [SELF_REFERENCE if is_self_reference(s, m) else "" for s, m in table.index])

@@ -7,6 +7,8 @@ curves, whose shades (darker = later) start at the first finetuned epoch.
 
 from __future__ import annotations
 
+import textwrap
+
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -82,8 +84,8 @@ def head_profiles_over_finetuning(
             for _, seg in s.groupby("layer"):
                 ax.plot(seg["pos"], seg[value], color=_BEFORE_COLOR, lw=1.0, ls="--")
             if self_reference and r is not None and r == f"AAV ({p})":
-                ax.text(0.5, 0.04, self_reference, transform=ax.transAxes, ha="center", va="bottom",
-                        fontsize="x-small", wrap=True, bbox={"fc": "white", "ec": "0.6", "alpha": 0.9})
+                ax.text(0.5, 0.04, textwrap.fill(self_reference, 34), transform=ax.transAxes, ha="center",
+                        va="bottom", fontsize="x-small", bbox={"fc": "white", "ec": "0.6", "alpha": 0.9})
             if i == 0 and len(s):
                 legend = ax.get_legend()
                 handles = list(legend.legend_handles) if legend is not None else []

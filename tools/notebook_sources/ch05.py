@@ -29,13 +29,19 @@ separates the pretraining types.**
 
 Here the AAV reference is the run's DINO-like model (`aav_reference`), on the same images;
 the embedded dataset also has ground-truth object masks, which give a second AAV (the
-"segmentation map" AAV the paper suggests).
+"segmentation map" AAV the paper suggests). The reference model's own AAV is its attention
+scored against its own SmoothGrad, so at the last epoch it *is* its IAV: it is shown apart,
+labelled, and left out of the AAV's pretraining contrasts.
+
+Epoch 0 is the pretrained backbone with a random head, whose SmoothGrad explains a random
+classifier: it is drawn dashed grey, labelled "before finetuning", and every change over
+finetuning starts at the **first finetuned epoch**.
 '''),
         parameters('''
-epoch_stride = 2  # analyse every epoch_stride-th checkpoint (the last one always)
+epoch_stride = 1  # analyse every epoch_stride-th checkpoint (the last and the first finetuned always)
 aav_reference = "auto"  # preset whose last-checkpoint SmoothGrad is the AAV map (auto: the DINO-like one)
 example = 0  # which analysed image Fig. 2 shows'''),
-        setup("05_global_iav", "checkpoints, images, global_iav, class_discrimination, iavs", pandas=True),
+        setup("05_global_iav", "images, global_iav, class_discrimination, iavs", publish="plots, figures_dynamics"),
         md(DEFINITIONS),
         md('''
 ## One image through every head (paper Fig. 2)
@@ -53,8 +59,9 @@ plt.show()
         code('''
 scores = global_iav.global_scores_over_epochs(study, stride=epoch_stride, aav_reference=aav_reference)
 uniform = global_iav.uniform_baselines(study, stride=epoch_stride, aav_reference=aav_reference)
-fig = plots.head_profiles(scores, value="value", row="score", ylabel="mean IA-Score", ylim=(0, 1), baselines=uniform,
-                          title="global-IAV / global-AAV per head (sorted per layer); darker: later epoch; dotted: uniform")
+fig = figures_dynamics.head_profiles_over_finetuning(scores, row="score", ylabel="mean IA-Score", ylim=(0, 1),
+      baselines=uniform, self_reference=global_iav.SELF_REFERENCE,
+      title="global-IAV / global-AAV per head (sorted per layer); darker: later epoch; dotted: uniform")
 plt.show()
 '''),
         md('''
@@ -65,52 +72,34 @@ largest and median estimated error of a head's global-IAV, methods page "Precisi
         code('''
 fig = plots.global_iav_heatmaps(scores, score="IAV")
 plt.show()
-display(uniform.pivot_table(index=["score", "model"], columns="epoch", values="baseline", sort=False).round(3),
+display(global_iav.uniform_table(uniform).round(3),
         iavs.precision_table(study))  # SmoothGrad's n, and the error with tol
 '''),
         md('''
-Mean global score of the later half of the layers, at the first and the last analysed epoch:
+Mean global score of the later half of the layers: before finetuning (epoch 0, labelled), at
+the first finetuned and the last epoch, the change between those two, and the margin over
+uniform attention at the last epoch; the reference model's own AAV is labelled in `role`:
 '''),
         code('''
-late = scores[scores["layer"] > scores["layer"].max() / 2]
-summary = late.groupby(["score", "model", "epoch"], sort=False)["value"].mean().reset_index()
-first = summary.loc[summary.groupby(["score", "model"])["epoch"].idxmin()].set_index(["score", "model"])["value"]
-final = summary.loc[summary.groupby(["score", "model"])["epoch"].idxmax()].set_index(["score", "model"])["value"]
-table = pd.DataFrame({"first epoch": first, "last epoch": final})
-table["change"] = table["last epoch"] - table["first epoch"]
-last_uniform = uniform.loc[uniform.groupby(["score", "model"])["epoch"].idxmax()].set_index(["score", "model"])["baseline"]
-table["above uniform"] = table["last epoch"] - last_uniform.reindex(table.index)
-table.insert(0, "pretraining", [checkpoints.pretraining(m) for _, m in table.index])
-display(table.round(3))
-for score in dict.fromkeys(table.index.get_level_values("score")):
-    for col, what in (("last epoch", "last epoch"), ("change", "change over finetuning"),
-                      ("above uniform", "last epoch minus the uniform-attention score")):
-        display(Markdown(global_iav.pretraining_contrast(table.loc[score, col].to_dict(), "self-supervised higher",
-                                                         f"{score}, later layers, {what}")))
+table = global_iav.later_layers_table(scores, uniform)
+display(table.round(3), Markdown(global_iav.uniform_reading(table, "IAV")))
+for sentence in global_iav.contrast_sentences(table):
+    display(Markdown(sentence))
 '''),
-        md('''
+        md(r'''
 **Reading the figures.** The paper's claim, in the table's terms: in the later layers the
 supervised models' global-IAV is lower at the end than the self-supervised models' and has
 *decreased* over finetuning (negative `change`), while the self-supervised models' stays
-level; the AAV with DINO's SmoothGrad shows the same with a larger gap. The dotted lines and
-the last table give the score of a head with *uniform* attention: IA-Scores are cosines of
-non-negative vectors, so a head that attends everywhere already scores high, and a head is
-"looking at the attributed region" only to the extent that it beats this baseline.
+level; the AAV with DINO's SmoothGrad shows the same with a larger gap. The sentences above
+say, for this run, which of these orderings hold.
 
-When this chapter was written, the default embedded run reproduced the *level* part of the
-claim only at face value: in the later layers both self-supervised tiny models ended with a
-higher global-IAV than both supervised ones. The uniform baseline explains much of it: the
-MIM model's SmoothGrad is almost flat over the patches (uniform attention would score ≈ 0.97
-on it), so its high IA-Scores are *below* what uniform attention would get, while the
-DINO-like and the large-source supervised model beat their baselines by about 0.1 and the
-small-source supervised model sits on its baseline — measured against the baseline, the
-types do not separate. The dynamics did not follow the paper either: the DINO-like model's
-global-IAV *fell* the most over finetuning, because at epoch 0 its attention is nearly
-uniform (entropy ≈ log P, chapter 04). The AAVs compare all models on the *same* maps (one
-baseline per row): with the object mask the self-supervised models rose and the supervised
-ones fell over finetuning, the closest our run came to the paper's AAV claim. Two caveats:
-epoch 0 is the pretrained backbone with a random head, whose SmoothGrad explains a random
-classifier; and our models have 6 layers of 4 heads, so "after the 6th layer" becomes "the
-later half of the layers".
+The dotted lines, the `above uniform` column and the sentence under the table give the score
+of a head with *uniform* attention on the same maps: IA-Scores are cosines of non-negative
+vectors, so a head that attends everywhere already scores high, and a head is "looking at the
+attributed region" only to the extent that it beats this baseline. A model whose SmoothGrad
+is almost flat over the patches gets a high IA-Score from any attention, so a high level
+alone is no evidence; the margin is. The AAVs compare all models on the *same* maps (one
+baseline per row), which is why the paper uses them for the pretraining contrast. Our models
+have 6 layers of 4 heads, so "after the 6th layer" becomes "the later half of the layers".
 '''),
     ])
