@@ -17,8 +17,8 @@ def build() -> nbformat.NotebookNode:
 How much do the input attribution and the attention maps move while a model is finetuned?
 The paper compares each checkpoint $t$ with the final one $T$: (a) the SmoothGrad maps
 $\lVert\varphi_t - \varphi_T\rVert$ and (b) the attention map averaged over all layers
-$\lVert \bar A_t - \bar A_T\rVert$. The supervised models (DeiT, ImageNet-21k) change about twice as
-much (≈ 0.05) as the self-supervised ones (≈ 0.02): *unsupervised pretraining leaves the
+$\lVert \bar A_t - \bar A_T\rVert$. In the paper's figure the supervised models (DeiT, ImageNet-21k)
+change about twice as much (≈ 0.05) as the self-supervised ones (≈ 0.02): *unsupervised pretraining leaves the
 attention more stable during finetuning*.
 
 **Our distance.** The paper does not define the norm. We scale every map to unit L2 norm (as

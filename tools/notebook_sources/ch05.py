@@ -99,7 +99,8 @@ vectors, so a head that attends everywhere already scores high, and a head is "l
 attributed region" only to the extent that it beats this baseline. A model whose SmoothGrad
 is almost flat over the patches gets a high IA-Score from any attention, so a high level
 alone is no evidence; the margin is. The AAVs compare all models on the *same* maps (one
-baseline per row), which is why the paper uses them for the pretraining contrast. Our models
-have 6 layers of 4 heads, so "after the 6th layer" becomes "the later half of the layers".
+baseline per row), which is why the paper uses them for the pretraining contrast. The paper's
+"after the 6th layer" of its 12-layer models becomes "the later half of the layers" here, for
+any depth of the run's models.
 '''),
     ])
