@@ -190,3 +190,9 @@ def test_learning_rate_sentence_reads_the_run(tmp_path) -> None:
         (run / "config.json").write_text(json.dumps({"preset": preset, "lr": lr, "epochs": 4}))
     text = dynamics.learning_rate_sentence(Study(["tiny-dino", "tiny-sup"], "embedded", tmp_path, AnalysisSpec()))
     assert "0.0005" in text and "50×" in text and "4 epoch" in text
+
+
+def test_uniform_reading_without_a_baseline() -> None:
+    scores, uniform = _scores()
+    table = global_iav.later_layers_table(scores, uniform[uniform["model"] != "tiny-sup"])
+    assert "tiny-sup 0.300 (no uniform baseline)" in global_iav.uniform_reading(table)

@@ -268,6 +268,9 @@ def uniform_reading(table: pd.DataFrame, score: str = "IAV") -> str:
     parts = []
     for m, row in sub.iterrows():
         d = row["above uniform"]
+        if d != d:  # no uniform baseline for this score and model
+            parts.append(f"{m} {row['last epoch']:.3f} (no uniform baseline)")
+            continue
         side = "above" if d > 0 else "below" if d < 0 else "at"
         parts.append(f"{m} {row['last epoch']:.3f} ({d:+.3f}, {side} uniform)")
     return (f"*{score}*, later layers, last epoch, and its margin over a head with uniform attention on the "
