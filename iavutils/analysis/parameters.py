@@ -260,7 +260,7 @@ def _table() -> dict[str, Parameter]:
                   "what to do when a model has no complete finetuning in the run: True finetunes it here, "
                   "False stops with the command to run, auto finetunes embedded (tiny) presets and stops "
                   "for hub presets", _finetune),
-        Parameter("epoch_stride", "an integer >= 1", "analyse every epoch_stride-th checkpoint (the last always)",
+        Parameter("epoch_stride", "an integer >= 1", "analyse every epoch_stride-th checkpoint (the last and the first finetuned always)",
                   _int_at_least(1)),
         Parameter("aav_reference", "'auto', '' (no model-based AAV) or a preset",
                   "the model whose last-checkpoint SmoothGrad is the AAV map", _aav_reference),
@@ -294,9 +294,7 @@ def _table() -> dict[str, Parameter]:
                   _choice("checkpoint", "run")),
         Parameter("num_permutations", "an integer >= 1", "Monte Carlo permutations (exact when enumerable)",
                   _int_at_least(1)),
-        Parameter("perturbation_steps", "an integer >= 1 (9: removed fractions 10 %, 20 %, ..., 90 %)",
-                  "how many removed fractions the perturbation curves measure", _int_at_least(1)),
-        Parameter("ablation_subsets", "an integer >= 1", "same-size head subsets averaged per control group",
+        Parameter("n_boot", "an integer >= 1", "bootstrap replicates of the claims table's intervals",
                   _int_at_least(1)),
     ]
     return {p.name: p for p in rows}
