@@ -233,6 +233,8 @@ def rehearse(
             params.update(parameters or {})
             print(f"\n=== {name} ({model}): {len(notebooks)} notebooks", flush=True)
             results = runner.run_notebooks(notebooks, params, book_dir, progress=progress)
+            # the intro includes the record of which run produced the pages, as after `make book`
+            book.write_run_record(book_dir, results, params)
             result.times[name] = {r.name: round(r.seconds, 1) for r in results}
             for r in results:
                 if not r.ok:
