@@ -232,31 +232,6 @@ def make_images(model: nn.Module, count: int, device: torch.device, seed: int) -
     return ((x01 - 0.5) / 0.5).to(device)
 
 
-def count_flops(model: nn.Module, device: torch.device) -> dict[str, int]:
-    """FLOPs of one sample: a forward, and a backward to the input only (no weight gradients)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from iavutils.core.geometry import model_geometry
-
-    geo = model_geometry(model)
-    x = torch.zeros(1, 3, *geo.img_size, device=device, requires_grad=True)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        # math SDPA: the fused CPU kernels have no FLOP formula, the decomposed matmuls do
-        with sdpa_kernel(SDPBackend.MATH):
-            with FlopCounterMode(display=False) as fwd:
-                out = model(x)
-            with FlopCounterMode(display=False) as bwd:
-                torch.autograd.grad(out[:, 0].sum(), x)
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-    return {"forward": int(fwd.get_total_flops()), "backward_input": int(bwd.get_total_flops())}
-
-
 def gemm_flops_per_s(device: torch.device, dtype: torch.dtype, size: int, warmup: int, reps: int) -> float:
     """Dense-matmul throughput (FLOP/s) of ``size``-cubed ``torch.mm`` in ``dtype``.
 
@@ -490,7 +465,10 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
     print(f"{note}; {dinfo['name']}; torch {torch.__version__}; {args.images} images, n={args.n}, "
           f"{args.noise} noise; settings {', '.join(args.settings)}", flush=True)
 
-    fl = count_flops(model, device)
+    # the same count as bench_iav's FLOP limit (math SDPA, backward to the input only)
+    from bench_iav import flops_per_sample
+
+    fl = flops_per_sample(model, device)
     flops_per_image = args.n * (fl["forward"] + fl["backward_input"])
     print(f"FLOPs/sample: forward {fl['forward'] / 1e9:.3f} G + backward-to-input {fl['backward_input'] / 1e9:.3f} G;"
           f" x n = {flops_per_image / 1e9:.2f} GFLOP per image", flush=True)
